@@ -1,0 +1,4 @@
+-- Publish public.polls: every insert, update and delete reaches pgrelay subscribers.
+CREATE OR REPLACE TRIGGER pgrelay_notify
+    AFTER INSERT OR UPDATE OR DELETE ON public.polls
+    FOR EACH ROW EXECUTE FUNCTION pgrelay.notify_change();
