@@ -1,0 +1,256 @@
+//! Configuration: command-line flags and environment variables, parsed once and passed down.
+//!
+//! Every setting has a flag and an environment variable (shown in `--help`); with no
+//! configuration at all the relay serves on 127.0.0.1:4000 against a local PostgreSQL.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The default database: a local PostgreSQL with the stock superuser, so that a developer can
+/// start the relay without configuring anything.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// pgrelay: stream PostgreSQL changes to apps over the Supabase Realtime protocol.
+#[derive(Debug, Parser)]
+#[command(name = "pgrelay", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Database options, shared by every command (also used when no command is given).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate the database, apply the triggers, LISTEN and serve WebSocket clients (the default).
+    Serve(ServeArgs),
+    /// Run the embedded schema migrations (sql/) and exit.
+    Migrate,
+    /// Manage the change triggers (triggers/).
+    Triggers {
+        #[command(subcommand)]
+        command: TriggersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TriggersCommand {
+    /// Apply the trigger SQL idempotently (also done at every `serve` start) and exit.
+    Apply(TriggersArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL. The LISTEN session needs a direct connection to the primary
+    /// (not through a transaction-pooling PgBouncer).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
+    pub database_url: String,
+
+    /// Connections in the pool used for everything but LISTEN (catalog reads, change-log reads).
+    #[arg(long, env = "PGRELAY_POOL_SIZE", default_value_t = 8, global = true)]
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TriggersArgs {
+    /// Directory of trigger SQL files, applied in name order. Defaults to `./triggers` when that
+    /// directory exists, else the copies embedded in the binary at build time.
+    #[arg(long, env = "PGRELAY_TRIGGERS_DIR")]
+    pub triggers_dir: Option<PathBuf>,
+
+    /// NOTIFY channel the triggers send on and the relay LISTENs to (a plain identifier).
+    #[arg(long, env = "PGRELAY_CHANNEL", default_value = "pgrelay", value_parser = parse_channel)]
+    pub channel: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to serve WebSocket and HTTP on (`host:port`; port 0 picks a free one).
+    #[arg(long, env = "PGRELAY_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub triggers: TriggersArgs,
+
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Limits, named after Supabase Realtime's where it has one. Each bounds memory or work that a
+/// client could otherwise grow without end.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Concurrent WebSocket connections; the next upgrade is refused with 429.
+    #[arg(long, env = "PGRELAY_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Channels one socket may join (Supabase: `max_channels_per_client`).
+    #[arg(long, env = "PGRELAY_MAX_CHANNELS_PER_CLIENT", default_value_t = 100)]
+    pub max_channels_per_client: usize,
+
+    /// `postgres_changes` bindings in one join.
+    #[arg(long, env = "PGRELAY_MAX_BINDINGS_PER_CHANNEL", default_value_t = 100)]
+    pub max_bindings_per_channel: usize,
+
+    /// Frames queued for one socket before it is cut off as too slow. The queue absorbs bursts;
+    /// a client that stays behind is disconnected rather than slowing anyone else down.
+    #[arg(long, env = "PGRELAY_SOCKET_QUEUE", default_value_t = 1024)]
+    pub socket_queue: usize,
+
+    /// Bytes queued for one socket before it is cut off as too slow.
+    #[arg(long, env = "PGRELAY_SOCKET_QUEUE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub socket_queue_bytes: usize,
+
+    /// Largest WebSocket message accepted from a client, in bytes (Supabase: 5,000,000 per frame).
+    #[arg(long, env = "PGRELAY_MAX_MESSAGE_BYTES", default_value_t = 5_000_000)]
+    pub max_message_bytes: usize,
+
+    /// A socket that sends nothing (not even a heartbeat) for this long is closed, so its
+    /// resources are freed when a client vanishes without a close frame.
+    #[arg(long, env = "PGRELAY_HEARTBEAT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
+
+    /// Notifications buffered between the LISTEN session and the router. When full, the
+    /// listener stops reading and PostgreSQL's own queue absorbs the burst.
+    #[arg(long, env = "PGRELAY_CHANGE_BUFFER", default_value_t = 65_536)]
+    pub change_buffer: usize,
+
+    /// How often the LISTEN session is probed with a query, and how long the probe may take
+    /// before the session is declared dead (a half-open TCP connection otherwise looks alive).
+    #[arg(long, env = "PGRELAY_LISTENER_PROBE", default_value = "10s", value_parser = parse_duration)]
+    pub listener_probe: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 20_000,
+            max_channels_per_client: 100,
+            max_bindings_per_channel: 100,
+            socket_queue: 1024,
+            socket_queue_bytes: 16 * 1024 * 1024,
+            max_message_bytes: 5_000_000,
+            heartbeat_timeout: Duration::from_secs(60),
+            change_buffer: 65_536,
+            listener_probe: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything `server::run` needs, assembled from the CLI (or directly by tests).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub pool_size: usize,
+    pub channel: String,
+    pub triggers_dir: Option<PathBuf>,
+    pub limits: Limits,
+}
+
+impl Config {
+    /// A configuration with defaults for everything but the database.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Config {
+            database_url: database_url.into(),
+            pool_size: 8,
+            channel: "pgrelay".to_owned(),
+            triggers_dir: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Channel names are interpolated into `LISTEN` and into the `pgrelay.channel()` function, so
+/// only plain lowercase identifiers are accepted: nothing to quote, nothing to inject.
+pub fn parse_channel(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "invalid channel {s:?}: use a lowercase identifier (a-z, 0-9, _; at most 63 bytes)"
+        ))
+    }
+}
+
+/// Durations like `60s`, `500ms`, `2m`, `1h`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 2m"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        other => Err(format!(
+            "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+        )),
+    }
+}
+
+impl ServeArgs {
+    /// `serve`'s arguments when no command is given: defaults plus environment variables.
+    pub fn parse_default() -> ServeArgs {
+        #[derive(Debug, Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Only::parse_from(["pgrelay"]).serve
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn channels() {
+        assert!(parse_channel("pgrelay").is_ok());
+        assert!(parse_channel("pg_relay_2").is_ok());
+        assert!(parse_channel("Pgrelay").is_err());
+        assert!(parse_channel("a;drop").is_err());
+        assert!(parse_channel("").is_err());
+        assert!(parse_channel("9abc").is_err());
+    }
+
+    #[test]
+    fn cli_defaults() {
+        let cli = Cli::parse_from(["pgrelay"]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.database.database_url, DEFAULT_DATABASE_URL);
+        let cli = Cli::parse_from(["pgrelay", "serve", "--listen", "127.0.0.1:0"]);
+        match cli.command {
+            Some(Command::Serve(args)) => {
+                assert_eq!(args.listen.port(), 0);
+                assert_eq!(args.triggers.channel, "pgrelay");
+                assert_eq!(args.limits.max_channels_per_client, 100);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

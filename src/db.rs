@@ -1,0 +1,314 @@
+//! Everything the relay asks of PostgreSQL except LISTEN: the connection pool, the embedded
+//! migrations, installing the triggers, and catalog and change-log reads.
+//!
+//! The LISTEN session lives in `listener`: it must be a dedicated connection, never a pooled one,
+//! because a pooled connection is shared and may sit behind a transaction-pooling proxy.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("sql");
+}
+
+/// Trigger SQL compiled into the binary, used when no triggers directory is given or found.
+const EMBEDDED_TRIGGERS: &[(&str, &str)] = &[
+    (
+        "000_notify_change.sql",
+        include_str!("../triggers/000_notify_change.sql"),
+    ),
+    (
+        "button_holds.sql",
+        include_str!("../triggers/button_holds.sql"),
+    ),
+    ("polls.sql", include_str!("../triggers/polls.sql")),
+    ("profiles.sql", include_str!("../triggers/profiles.sql")),
+    ("user_votes.sql", include_str!("../triggers/user_votes.sql")),
+];
+
+/// Errors talking to PostgreSQL, with the context an operator needs to act on them.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid DATABASE_URL: {0}")]
+    BadUrl(String),
+    #[error("cannot connect to PostgreSQL at {target}: {cause}")]
+    Unreachable { target: String, cause: String },
+    #[error("database error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("cannot read trigger SQL {path}: {cause}")]
+    TriggerFile {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("applying trigger SQL {file} failed: {cause}")]
+    TriggerSql {
+        file: String,
+        cause: tokio_postgres::Error,
+    },
+    #[error("no database connection available: {0}")]
+    Pool(String),
+}
+
+impl DbError {
+    /// True when the error is about reaching the server, not about a statement: worth retrying.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, DbError::Unreachable { .. } | DbError::Pool(_))
+            || matches!(self, DbError::Query(e) if e.is_closed())
+    }
+}
+
+/// Parse the URL and set the socket options every relay connection wants.
+pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("pgrelay");
+    }
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(Duration::from_secs(5));
+    }
+    // A half-open TCP connection would otherwise look alive for hours.
+    cfg.keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3);
+    Ok(cfg)
+}
+
+/// Where a config points, for error messages (never includes the password).
+pub fn describe(cfg: &tokio_postgres::Config) -> String {
+    let host = cfg
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let db = cfg.get_dbname().unwrap_or("(default)");
+    format!("{host}:{port}/{db}")
+}
+
+/// Build the pool and prove it can connect, so a bad URL or a dead server fails at startup
+/// with one clear line.
+pub async fn connect_pool(url: &str, size: usize) -> Result<Pool, DbError> {
+    let cfg = pg_config(url)?;
+    let target = describe(&cfg);
+    let mgr = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(mgr)
+        .max_size(size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| DbError::Pool(e.to_string()))?;
+    let probe = pool.get().await.map_err(|e| DbError::Unreachable {
+        target,
+        cause: pool_cause(e),
+    })?;
+    drop(probe);
+    Ok(pool)
+}
+
+fn pool_cause(e: deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => db_cause(&e),
+        other => other.to_string(),
+    }
+}
+
+/// The most specific text tokio-postgres has for an error (its Display is often just "db error").
+pub fn db_cause(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_owned();
+    }
+    match std::error::Error::source(e) {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    }
+}
+
+pub async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, DbError> {
+    pool.get().await.map_err(|e| DbError::Pool(pool_cause(e)))
+}
+
+/// Run the migrations in sql/ (embedded at build time). Returns the versions applied now.
+pub async fn migrate(pool: &Pool) -> Result<Vec<String>, DbError> {
+    let mut obj = client(pool).await?;
+    let client: &mut tokio_postgres::Client = &mut obj;
+    let report = embedded::migrations::runner()
+        .run_async(client)
+        .await
+        .map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.to_string())
+        .collect())
+}
+
+/// Where trigger SQL comes from: an explicit directory, else `./triggers` when it exists, else
+/// the embedded copies.
+pub fn trigger_sources(dir: Option<&Path>) -> Result<(String, Vec<(String, String)>), DbError> {
+    let dir = match dir {
+        Some(d) => Some(d.to_path_buf()),
+        None => {
+            let local = PathBuf::from("triggers");
+            local
+                .join("000_notify_change.sql")
+                .is_file()
+                .then_some(local)
+        }
+    };
+    let Some(dir) = dir else {
+        let files = EMBEDDED_TRIGGERS
+            .iter()
+            .map(|(n, s)| ((*n).to_owned(), (*s).to_owned()))
+            .collect();
+        return Ok(("embedded".into(), files));
+    };
+    let read_err = |path: &Path, cause| DbError::TriggerFile {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| read_err(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    names.sort();
+    let mut files = Vec::with_capacity(names.len());
+    for p in names {
+        let sql = std::fs::read_to_string(&p).map_err(|e| read_err(&p, e))?;
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.push((name, sql));
+    }
+    Ok((dir.display().to_string(), files))
+}
+
+/// Apply the trigger SQL (idempotent) and point `pgrelay.channel()` at our NOTIFY channel.
+/// Returns where the SQL came from and how many files ran.
+pub async fn apply_triggers(
+    pool: &Pool,
+    dir: Option<&Path>,
+    channel: &str,
+) -> Result<(String, usize), DbError> {
+    let (source, files) = trigger_sources(dir)?;
+    let client = client(pool).await?;
+    for (name, sql) in &files {
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|cause| DbError::TriggerSql {
+                file: name.clone(),
+                cause,
+            })?;
+    }
+    // `channel` is validated as a plain identifier by `config::parse_channel`; it is still
+    // quoted by the server (`%L`), not by us. Replacing the function invalidates cached plans that
+    // folded it in, so sessions pick up the new name.
+    let stmt = "SELECT format('CREATE OR REPLACE FUNCTION pgrelay.channel() RETURNS text \
+                LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $b$ SELECT %L::text $b$', $1::text)";
+    let row = client.query_one(stmt, &[&channel]).await?;
+    let ddl: String = row.try_get(0)?;
+    client
+        .batch_execute(&ddl)
+        .await
+        .map_err(|cause| DbError::TriggerSql {
+            file: "pgrelay.channel()".into(),
+            cause,
+        })?;
+    Ok((source, files.len()))
+}
+
+/// Tables whose rows are published, i.e. that have the pgrelay trigger attached.
+pub async fn published_tables(pool: &Pool) -> Result<Vec<(String, String)>, DbError> {
+    let client = client(pool).await?;
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text \
+             FROM pg_trigger t \
+             JOIN pg_class c ON c.oid = t.tgrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE t.tgfoid = 'pgrelay.notify_change'::regproc AND NOT t.tgisinternal",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// A table's columns in `attnum` order with their `pg_type.typname`.
+pub async fn table_columns(
+    pool: &Pool,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<(String, String)>, DbError> {
+    let client = client(pool).await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT a.attname::text, t.typname::text \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&schema, &table]).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// One change-log row, for a NOTIFY that carried only a reference.
+#[derive(Debug)]
+pub struct LoggedChange {
+    pub record: Option<serde_json::Value>,
+    pub old_record: Option<serde_json::Value>,
+}
+
+pub async fn read_change(pool: &Pool, seq: i64) -> Result<Option<LoggedChange>, DbError> {
+    let client = client(pool).await?;
+    let stmt = client
+        .prepare_cached("SELECT record, old_record FROM pgrelay.change_log WHERE seq = $1")
+        .await?;
+    let row = client.query_opt(&stmt, &[&seq]).await?;
+    row.map(|r| {
+        Ok(LoggedChange {
+            record: r.try_get(0)?,
+            old_record: r.try_get(1)?,
+        })
+    })
+    .transpose()
+}
+
+/// Highest sequence number in the change log (0 when empty), to report the size of a gap.
+pub async fn last_seq(pool: &Pool) -> Result<i64, DbError> {
+    let client = client(pool).await?;
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(seq), 0)::int8 FROM pgrelay.change_log",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}

@@ -1,0 +1,30 @@
+//! pgrelay: a PostgreSQL LISTEN/NOTIFY change relay speaking the Supabase Realtime protocol.
+//!
+//! # Layout (in data-flow order)
+//!
+//! - [`config`]: flags and environment, parsed once.
+//! - [`db`]: pool, migrations, trigger install, catalog and change-log reads (all but LISTEN).
+//! - [`listener`]: the one dedicated LISTEN session, probed and reconnected.
+//! - [`change`]: the trigger payload decoded once into a [`change::Change`]; the column cache.
+//! - [`filter`]: `column=op.value` filters, parsed and evaluated by column type.
+//! - [`router`]: the subscription index; a change → frames on socket queues.
+//! - [`protocol`]: the Phoenix wire format (vsn 1.0.0 and 2.0.0).
+//! - [`channel`]: joins, bindings and their ids, leaves.
+//! - [`socket`]: one task per client: reads, replies, batched writes, timeouts.
+//! - [`server`]: routes, admission, task tracking, shutdown.
+//! - [`shutdown`]: the shutdown signal and completion tracking.
+
+pub mod change;
+pub mod channel;
+pub mod config;
+pub mod db;
+pub mod filter;
+pub mod listener;
+pub mod protocol;
+pub mod router;
+pub mod server;
+pub mod shutdown;
+pub mod socket;
+
+pub use config::Config;
+pub use server::run;

@@ -1,0 +1,164 @@
+//! The one dedicated LISTEN session: connect, `LISTEN`, read notifications continuously, probe
+//! for liveness, and reconnect with capped backoff.
+//!
+//! tokio-postgres's `Connection` future drops notifications when simply awaited, so this module
+//! drives `poll_message` itself and treats `None`/`Err` as the end of the session. The session
+//! is never taken from the pool and never runs a transaction or a write: an open transaction
+//! would pin the cluster-wide NOTIFY queue, and a session receives its own notifications.
+//!
+//! Lifecycle: `run` loops over sessions until shutdown. Each session ends on a connection
+//! error, a failed probe, or shutdown. After a lost session the next successful `LISTEN` is
+//! reported downstream as [`Event::Resumed`], in order after every notification of the old
+//! session, so the dispatcher can account for the gap.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+use tracing::{debug, info, trace, warn};
+
+use crate::shutdown::Shutdown;
+
+/// What the listener hands to the dispatcher, in order.
+#[derive(Debug)]
+pub enum Event {
+    /// A NOTIFY payload on our channel.
+    Notification(String),
+    /// LISTEN is active again after the previous session was lost.
+    Resumed { down_for: Duration },
+}
+
+/// Errors that end one LISTEN session.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("connection closed by the server")]
+    Closed,
+    #[error("liveness probe got no answer within {0:?}")]
+    ProbeTimeout(Duration),
+}
+
+/// Backoff between reconnect attempts: fast first, capped so a long outage costs little.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The listener's configuration.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub pg: tokio_postgres::Config,
+    /// Validated identifier (`config::parse_channel`).
+    pub channel: String,
+    pub probe_every: Duration,
+}
+
+/// Run LISTEN sessions until shutdown. `listening` is set true while LISTEN is active.
+pub async fn run(
+    cfg: ListenerConfig,
+    tx: mpsc::Sender<Event>,
+    listening: watch::Sender<bool>,
+    mut shutdown: Shutdown,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut down_since: Option<Instant> = None;
+    loop {
+        let result = tokio::select! {
+            r = session(&cfg, &tx, &listening, &mut down_since, &mut backoff) => r,
+            _ = shutdown.recv() => return,
+        };
+        let _ = listening.send(false);
+        if tx.is_closed() {
+            return;
+        }
+        match result {
+            Ok(()) => return,
+            Err(err) => {
+                down_since.get_or_insert_with(Instant::now);
+                warn!(cause = %err, retry_in = ?backoff, error_code = "ListenerLost", "listen session lost");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.recv() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One session: connect, LISTEN, then read until something fails.
+async fn session(
+    cfg: &ListenerConfig,
+    tx: &mpsc::Sender<Event>,
+    listening: &watch::Sender<bool>,
+    down_since: &mut Option<Instant>,
+    backoff: &mut Duration,
+) -> Result<(), ListenError> {
+    let (client, mut conn) = cfg.pg.connect(NoTls).await?;
+    // Set while the driver waits for room in the dispatcher's buffer. The connection is not
+    // polled meanwhile, so a probe cannot be answered: that is back-pressure, not a dead link.
+    let blocked = AtomicBool::new(false);
+
+    let driver = async {
+        loop {
+            match poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    trace!(pid = n.process_id(), "notification");
+                    let event = Event::Notification(n.payload().to_owned());
+                    let event = match tx.try_send(event) {
+                        Ok(()) => continue,
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                        Err(mpsc::error::TrySendError::Full(event)) => event,
+                    };
+                    warn!("change buffer full: the router is behind, pausing reads");
+                    blocked.store(true, Ordering::Relaxed);
+                    let sent = tx.send(event).await;
+                    blocked.store(false, Ordering::Relaxed);
+                    if sent.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(AsyncMessage::Notice(n))) => {
+                    info!(severity = n.severity(), "postgres notice: {}", n.message())
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(ListenError::Postgres(e)),
+                None => return Err(ListenError::Closed),
+            }
+        }
+    };
+
+    let control = async {
+        client
+            .batch_execute(&format!("LISTEN {}", cfg.channel))
+            .await?;
+        let _ = listening.send(true);
+        *backoff = BACKOFF_MIN;
+        if let Some(since) = down_since.take() {
+            let down_for = since.elapsed();
+            if tx.send(Event::Resumed { down_for }).await.is_err() {
+                return Ok(());
+            }
+        }
+        info!(channel = %cfg.channel, "listening");
+        loop {
+            tokio::time::sleep(cfg.probe_every).await;
+            trace!("probing listen session");
+            match tokio::time::timeout(cfg.probe_every, client.simple_query("SELECT 1")).await {
+                Ok(r) => {
+                    r?;
+                }
+                Err(_) if blocked.load(Ordering::Relaxed) => {
+                    debug!("probe delayed by back-pressure; session still considered alive")
+                }
+                Err(_) => return Err(ListenError::ProbeTimeout(cfg.probe_every)),
+            }
+        }
+    };
+
+    tokio::select! {
+        r = driver => r,
+        r = control => r,
+    }
+}

@@ -1,0 +1,556 @@
+//! The subscription index and fan-out: which (socket, channel, binding ids) a [`Change`] goes
+//! to, and putting the frames on those sockets' queues.
+//!
+//! Bindings are deduplicated: sockets that subscribe with the same (schema, table, event,
+//! filter) share one entry, so its filter runs once per change however many sockets hold it.
+//! Bindings that are a single `column=eq.value` are found by hash lookup on the row's value,
+//! so 10,000 per-row subscriptions cost what the matching ones cost, not a scan.
+//! Delivery never waits on a client: frames go onto each socket's bounded queue with
+//! `try_send`, and a socket whose queue is full is cut off.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::change::{Change, Op, Row};
+use crate::filter::{self, BoundFilter, IndexKey};
+use crate::protocol::{self, Vsn};
+
+pub type SocketId = u64;
+
+/// A frame waiting in a socket's queue. Text is shared by every socket that gets the same
+/// (topic, ids) group: it is serialized once.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Text(Arc<str>),
+}
+
+impl Outbound {
+    pub fn len(&self) -> usize {
+        match self {
+            Outbound::Text(t) => t.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why the relay closed a socket on its own initiative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutOff {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Stable PascalCase code (ERROR_CODES.md).
+    pub error_code: &'static str,
+    /// Human-readable reason, sent in the `system` message and the close frame.
+    pub reason: &'static str,
+}
+
+pub const SLOW_CONSUMER: CutOff = CutOff {
+    code: 1008,
+    error_code: "SlowConsumer",
+    reason: "Client is too slow: its outbound queue is full",
+};
+
+/// State shared between the router (producer) and one socket task (consumer).
+#[derive(Debug, Default)]
+pub struct SocketShared {
+    /// Bytes sitting in the queue; the router adds, the socket subtracts after writing.
+    pub queued_bytes: AtomicUsize,
+    cutoff: Mutex<Option<CutOff>>,
+    cutoff_notify: Notify,
+}
+
+impl SocketShared {
+    /// Ask the socket task to close with `why`. The first reason wins.
+    pub fn cut_off(&self, why: CutOff) {
+        {
+            let mut slot = self.cutoff.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some(why);
+        }
+        // notify_one stores a permit if the socket is not waiting right now.
+        self.cutoff_notify.notify_one();
+    }
+
+    /// Completes when the socket has been cut off; returns why.
+    pub async fn cut(&self) -> CutOff {
+        loop {
+            if let Some(why) = *self.cutoff.lock().unwrap_or_else(|p| p.into_inner()) {
+                return why;
+            }
+            self.cutoff_notify.notified().await;
+        }
+    }
+}
+
+/// The router's view of a socket.
+#[derive(Debug)]
+pub struct SocketHandle {
+    pub vsn: Vsn,
+    pub tx: mpsc::Sender<Outbound>,
+    pub shared: Arc<SocketShared>,
+    pub max_queued_bytes: usize,
+}
+
+/// Which rows a binding wants, once validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Table {
+        schema: String,
+        table: String,
+    },
+    /// `table: "*"`: every published table of a schema (`None`: of every schema).
+    Wildcard {
+        schema: Option<String>,
+    },
+}
+
+/// A validated `postgres_changes` binding ready to index.
+#[derive(Debug)]
+pub struct NewBinding {
+    pub scope: Scope,
+    /// `None` for `*`.
+    pub event: Option<Op>,
+    /// Canonical filter text: the dedup key, together with scope and event.
+    pub filter_text: String,
+    pub filter: Option<BoundFilter>,
+    /// Typename of the column of a single `eq` filter, when it is indexable.
+    pub eq_type: Option<String>,
+    /// Id echoed in the join reply and carried in events.
+    pub id: u32,
+}
+
+type BindingId = u64;
+type SubKey = (SocketId, Arc<str>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BindingKey {
+    scope: Scope,
+    event: Option<Op>,
+    filter_text: String,
+}
+
+#[derive(Debug)]
+struct Binding {
+    key: BindingKey,
+    filter: Option<BoundFilter>,
+    /// Where it sits in the table index, for removal.
+    eq: Option<(String, IndexKey)>,
+    /// Channels holding it, with their ids (several when bindings differ only in `select`).
+    subs: HashMap<SubKey, Vec<u32>>,
+}
+
+#[derive(Debug, Default)]
+struct TableIndex {
+    /// Bindings evaluated against every change of the table.
+    scan: Vec<BindingId>,
+    /// column → (typname, value → bindings): single-`eq` bindings found by lookup.
+    eq: HashMap<String, (String, HashMap<IndexKey, Vec<BindingId>>)>,
+}
+
+#[derive(Debug, Default)]
+struct SocketEntry {
+    handle: Option<SocketHandle>,
+    /// topic → bindings this channel holds.
+    channels: HashMap<Arc<str>, Vec<BindingId>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sockets: HashMap<SocketId, SocketEntry>,
+    keys: HashMap<BindingKey, BindingId>,
+    bindings: HashMap<BindingId, Binding>,
+    tables: HashMap<(String, String), TableIndex>,
+    wildcards: Vec<BindingId>,
+    next_binding: BindingId,
+}
+
+/// Counters the router keeps (exposed by metrics later).
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    pub changes: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub cutoffs: AtomicU64,
+}
+
+/// The subscription index. One per relay; shared by the dispatcher and every socket task.
+#[derive(Debug, Default)]
+pub struct Router {
+    state: Mutex<State>,
+    next_socket: AtomicU64,
+    pub stats: RouterStats,
+}
+
+/// One planned delivery: a frame for one socket.
+struct Delivery {
+    socket: SocketId,
+    frame: Arc<str>,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Router::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation below keeps the state consistent before it can panic (it cannot on
+        // input), so taking over a poisoned lock is safe and keeps other clients served.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register a socket; returns its id.
+    pub fn add_socket(&self, handle: SocketHandle) -> SocketId {
+        let id = self.next_socket.fetch_add(1, Ordering::Relaxed) + 1;
+        self.lock().sockets.insert(
+            id,
+            SocketEntry {
+                handle: Some(handle),
+                channels: HashMap::new(),
+            },
+        );
+        id
+    }
+
+    /// Forget a socket and every subscription it held.
+    pub fn remove_socket(&self, socket: SocketId) {
+        let mut st = self.lock();
+        if let Some(entry) = st.sockets.remove(&socket) {
+            for (topic, ids) in entry.channels {
+                st.unsubscribe_ids(socket, &topic, ids);
+            }
+        }
+    }
+
+    pub fn socket_count(&self) -> usize {
+        self.lock().sockets.len()
+    }
+
+    /// Attach bindings to a channel (replacing what the channel held).
+    pub fn subscribe(&self, socket: SocketId, topic: &Arc<str>, bindings: Vec<NewBinding>) {
+        let mut st = self.lock();
+        let old = st
+            .sockets
+            .get_mut(&socket)
+            .and_then(|e| e.channels.remove(topic));
+        if let Some(old) = old {
+            st.unsubscribe_ids(socket, topic, old);
+        }
+        if !st.sockets.contains_key(&socket) {
+            return;
+        }
+        let mut held = Vec::with_capacity(bindings.len());
+        for b in bindings {
+            let id = st.binding_for(b.scope, b.event, b.filter_text, b.filter, b.eq_type);
+            if let Some(binding) = st.bindings.get_mut(&id) {
+                binding
+                    .subs
+                    .entry((socket, topic.clone()))
+                    .or_default()
+                    .push(b.id);
+            }
+            if !held.contains(&id) {
+                held.push(id);
+            }
+        }
+        if let Some(entry) = st.sockets.get_mut(&socket) {
+            entry.channels.insert(topic.clone(), held);
+        }
+    }
+
+    /// Detach every binding of a channel.
+    pub fn unsubscribe(&self, socket: SocketId, topic: &str) {
+        let mut st = self.lock();
+        let held = st
+            .sockets
+            .get_mut(&socket)
+            .and_then(|e| e.channels.remove(topic));
+        if let Some(held) = held {
+            st.unsubscribe_ids(socket, topic, held);
+        }
+    }
+
+    /// Route one change and queue its frames. Never waits: a full queue cuts its socket off.
+    pub fn deliver(&self, change: &Change) {
+        self.stats.changes.fetch_add(1, Ordering::Relaxed);
+        let mut cut = Vec::new();
+        let mut delivered = 0u64;
+        {
+            let st = self.lock();
+            for d in st.plan(change) {
+                let Some(handle) = st.sockets.get(&d.socket).and_then(|e| e.handle.as_ref()) else {
+                    continue;
+                };
+                if try_queue(handle, Outbound::Text(d.frame)) {
+                    delivered += 1;
+                } else {
+                    cut.push(handle.shared.clone());
+                }
+            }
+        }
+        self.stats
+            .deliveries
+            .fetch_add(delivered, Ordering::Relaxed);
+        self.cut_off_all(cut);
+    }
+
+    /// Send a `system` message to every channel that holds `postgres_changes` bindings (used
+    /// when changes may have been missed).
+    pub fn notify_pg_channels(&self, status: &str, message: &str) {
+        let mut cut = Vec::new();
+        {
+            let st = self.lock();
+            for entry in st.sockets.values() {
+                let Some(handle) = &entry.handle else {
+                    continue;
+                };
+                for (topic, held) in &entry.channels {
+                    if held.is_empty() {
+                        continue;
+                    }
+                    let frame = protocol::system(
+                        handle.vsn,
+                        None,
+                        topic,
+                        "postgres_changes",
+                        status,
+                        message,
+                    );
+                    if !try_queue(handle, Outbound::Text(frame.into())) {
+                        cut.push(handle.shared.clone());
+                    }
+                }
+            }
+        }
+        self.cut_off_all(cut);
+    }
+
+    fn cut_off_all(&self, cut: Vec<Arc<SocketShared>>) {
+        for shared in cut {
+            self.stats.cutoffs.fetch_add(1, Ordering::Relaxed);
+            shared.cut_off(SLOW_CONSUMER);
+        }
+    }
+}
+
+/// Queue a frame without waiting. False when the socket's queue (messages or bytes) is full.
+fn try_queue(handle: &SocketHandle, out: Outbound) -> bool {
+    let len = out.len();
+    let before = handle.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
+    if before + len > handle.max_queued_bytes || handle.tx.try_send(out).is_err() {
+        handle.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+impl State {
+    fn binding_for(
+        &mut self,
+        scope: Scope,
+        event: Option<Op>,
+        filter_text: String,
+        filter: Option<BoundFilter>,
+        eq_type: Option<String>,
+    ) -> BindingId {
+        let key = BindingKey {
+            scope,
+            event,
+            filter_text,
+        };
+        if let Some(&id) = self.keys.get(&key) {
+            return id;
+        }
+        self.next_binding += 1;
+        let id = self.next_binding;
+        let eq = match (&filter, &eq_type) {
+            (Some(f), Some(_)) => f.eq_index().map(|(col, k)| (col.to_owned(), k.clone())),
+            _ => None,
+        };
+        match &key.scope {
+            Scope::Table { schema, table } => {
+                let index = self
+                    .tables
+                    .entry((schema.clone(), table.clone()))
+                    .or_default();
+                match (&eq, eq_type) {
+                    (Some((col, k)), Some(typ)) => index
+                        .eq
+                        .entry(col.clone())
+                        .or_insert_with(|| (typ, HashMap::new()))
+                        .1
+                        .entry(k.clone())
+                        .or_default()
+                        .push(id),
+                    _ => index.scan.push(id),
+                }
+            }
+            Scope::Wildcard { .. } => self.wildcards.push(id),
+        }
+        self.keys.insert(key.clone(), id);
+        self.bindings.insert(
+            id,
+            Binding {
+                key,
+                filter,
+                eq,
+                subs: HashMap::new(),
+            },
+        );
+        id
+    }
+
+    fn unsubscribe_ids(&mut self, socket: SocketId, topic: &str, held: Vec<BindingId>) {
+        for id in held {
+            let empty = match self.bindings.get_mut(&id) {
+                Some(b) => {
+                    b.subs.remove(&(socket, Arc::<str>::from(topic)));
+                    b.subs.is_empty()
+                }
+                None => false,
+            };
+            if empty {
+                self.drop_binding(id);
+            }
+        }
+    }
+
+    fn drop_binding(&mut self, id: BindingId) {
+        let Some(b) = self.bindings.remove(&id) else {
+            return;
+        };
+        self.keys.remove(&b.key);
+        match &b.key.scope {
+            Scope::Table { schema, table } => {
+                let tkey = (schema.clone(), table.clone());
+                if let Some(index) = self.tables.get_mut(&tkey) {
+                    match &b.eq {
+                        Some((col, k)) => {
+                            if let Some((_, by_value)) = index.eq.get_mut(col) {
+                                if let Some(ids) = by_value.get_mut(k) {
+                                    ids.retain(|&x| x != id);
+                                    if ids.is_empty() {
+                                        by_value.remove(k);
+                                    }
+                                }
+                                if by_value.is_empty() {
+                                    index.eq.remove(col);
+                                }
+                            }
+                        }
+                        None => index.scan.retain(|&x| x != id),
+                    }
+                    if index.scan.is_empty() && index.eq.is_empty() {
+                        self.tables.remove(&tkey);
+                    }
+                }
+            }
+            Scope::Wildcard { .. } => self.wildcards.retain(|&x| x != id),
+        }
+    }
+
+    /// Bindings that match a change, then one frame per (vsn, topic, ids) group.
+    fn plan(&self, change: &Change) -> Vec<Delivery> {
+        let mut candidates: Vec<BindingId> = Vec::new();
+        if let Some(index) = self
+            .tables
+            .get(&(change.schema.clone(), change.table.clone()))
+        {
+            candidates.extend_from_slice(&index.scan);
+            for (col, (typ, by_value)) in &index.eq {
+                let mut push_row = |row: Option<&Row>| {
+                    let key = row
+                        .and_then(|r| r.get(col))
+                        .and_then(|v| filter::index_key(typ, v));
+                    if let Some(ids) = key.and_then(|k| by_value.get(&k)) {
+                        candidates.extend_from_slice(ids);
+                    }
+                };
+                push_row(change.record.as_ref());
+                push_row(change.old_record.as_ref());
+            }
+        }
+        for &id in &self.wildcards {
+            if let Some(b) = self.bindings.get(&id) {
+                if let Scope::Wildcard { schema } = &b.key.scope {
+                    if schema.as_ref().is_none_or(|s| *s == change.schema) {
+                        candidates.push(id);
+                    }
+                }
+            }
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+
+        // (socket, topic, id) for every subscription of every matching binding.
+        let mut hits: Vec<(SocketId, &Arc<str>, u32)> = Vec::new();
+        for id in candidates {
+            let Some(b) = self.bindings.get(&id) else {
+                continue;
+            };
+            if b.key.event.is_some_and(|e| e != change.op) {
+                continue;
+            }
+            // Indexed bindings were found by their value: no need to evaluate them again.
+            if b.eq.is_none() && !matches(b.filter.as_ref(), change) {
+                continue;
+            }
+            for ((socket, topic), ids) in &b.subs {
+                for &sub_id in ids {
+                    hits.push((*socket, topic, sub_id));
+                }
+            }
+        }
+        if hits.is_empty() {
+            return Vec::new();
+        }
+        hits.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        hits.dedup();
+
+        let mut frames: HashMap<(Vsn, &str, Vec<u32>), Arc<str>> = HashMap::new();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < hits.len() {
+            let (socket, topic, _) = hits[i];
+            let mut ids = Vec::new();
+            while i < hits.len() && hits[i].0 == socket && hits[i].1 == topic {
+                ids.push(hits[i].2);
+                i += 1;
+            }
+            let Some(vsn) = self
+                .sockets
+                .get(&socket)
+                .and_then(|e| e.handle.as_ref())
+                .map(|h| h.vsn)
+            else {
+                continue;
+            };
+            let frame = frames
+                .entry((vsn, topic.as_ref(), ids))
+                .or_insert_with_key(|(vsn, topic, ids)| {
+                    protocol::postgres_changes(*vsn, topic, ids, &change.data).into()
+                })
+                .clone();
+            out.push(Delivery { socket, frame });
+        }
+        out
+    }
+}
+
+/// INSERT matches on the new row, DELETE on the full old row, UPDATE on either: a row that
+/// leaves a filter is delivered, so the subscriber learns it left.
+fn matches(filter: Option<&BoundFilter>, change: &Change) -> bool {
+    let Some(f) = filter else { return true };
+    let hit = |row: Option<&Row>| row.is_some_and(|r| f.matches(r));
+    match change.op {
+        Op::Insert => hit(change.record.as_ref()),
+        Op::Delete => hit(change.old_record.as_ref()),
+        Op::Update => hit(change.record.as_ref()) || hit(change.old_record.as_ref()),
+    }
+}

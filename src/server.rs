@@ -1,0 +1,331 @@
+//! The relay process: database setup, the listener and dispatcher tasks, the HTTP/WebSocket
+//! routes, admission control, and an orderly shutdown.
+//!
+//! Lifecycle of `run`: connect the pool (failing fast with one clear line), migrate, apply
+//! the triggers, start LISTEN and wait until it is active, then serve until `shutdown`
+//! completes. Then stop accepting, close every socket with 1001 so clients reconnect
+//! elsewhere, and wait (bounded) for every task to finish.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{error, info, warn};
+use warp::http::StatusCode;
+use warp::Filter;
+
+use crate::change::{self, Catalog};
+use crate::config::{Config, Limits};
+use crate::db::{self, DbError};
+use crate::listener::{self, Event, ListenerConfig};
+use crate::protocol::Vsn;
+use crate::router::Router;
+use crate::shutdown::{Shutdown, ShutdownController, Tracker};
+use crate::socket::{self, SocketContext};
+
+/// How long shutdown waits for sockets to say goodbye and tasks to finish.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long startup waits for the first LISTEN.
+const LISTEN_STARTUP: Duration = Duration::from_secs(15);
+
+/// Why the relay could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("LISTEN did not become active within {0:?}: is the database a primary, reached directly (not through a transaction pooler)?")]
+    ListenTimeout(Duration),
+}
+
+/// Shared by every route and task.
+#[derive(Debug)]
+struct Relay {
+    router: Arc<Router>,
+    catalog: Arc<Catalog>,
+    limits: Arc<Limits>,
+    /// One permit per WebSocket connection, taken before the upgrade and moved into the
+    /// socket task: the relay refuses connections instead of running out of memory.
+    connections: Arc<Semaphore>,
+    shutdown: Shutdown,
+    tracker: Tracker,
+    listening: watch::Receiver<bool>,
+}
+
+/// Run the relay on an already bound listener until `shutdown` completes.
+///
+/// # Errors
+/// Startup failures: bad URL, unreachable database, failed migration or trigger SQL, LISTEN
+/// not becoming active. Once serving, database trouble is retried, never returned.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let pool = db::connect_pool(&config.database_url, config.pool_size).await?;
+    let applied = db::migrate(&pool).await?;
+    if !applied.is_empty() {
+        info!(migrations = ?applied, "schema migrated");
+    }
+    let (source, files) =
+        db::apply_triggers(&pool, config.triggers_dir.as_deref(), &config.channel).await?;
+    info!(source = %source, files, channel = %config.channel, "triggers applied");
+
+    let controller = ShutdownController::new();
+    let limits = Arc::new(config.limits.clone());
+    let router = Arc::new(Router::new());
+    let catalog = Arc::new(Catalog::new(pool.clone()));
+
+    let (events_tx, events_rx) = mpsc::channel(limits.change_buffer.max(1));
+    let (listening_tx, listening) = watch::channel(false);
+    let listener_cfg = ListenerConfig {
+        pg: db::pg_config(&config.database_url)?,
+        channel: config.channel.clone(),
+        probe_every: limits.listener_probe,
+    };
+    {
+        let tracker = controller.tracker();
+        let shutdown = controller.subscribe();
+        tokio::spawn(async move {
+            listener::run(listener_cfg, events_tx, listening_tx, shutdown).await;
+            drop(tracker);
+        });
+    }
+    {
+        let tracker = controller.tracker();
+        let router = router.clone();
+        let catalog = catalog.clone();
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            dispatch(events_rx, &catalog, &router, &pool).await;
+            drop(tracker);
+        });
+    }
+
+    let mut ready = listening.clone();
+    if tokio::time::timeout(LISTEN_STARTUP, ready.wait_for(|l| *l))
+        .await
+        .is_err()
+    {
+        controller.shutdown().await;
+        return Err(ServerError::ListenTimeout(LISTEN_STARTUP));
+    }
+
+    let relay = Arc::new(Relay {
+        router,
+        catalog,
+        limits: limits.clone(),
+        connections: Arc::new(Semaphore::new(limits.max_connections)),
+        shutdown: controller.subscribe(),
+        tracker: controller.tracker(),
+        listening,
+    });
+    let addr = listener.local_addr().ok();
+    info!(addr = %addr.map_or_else(|| "?".into(), |a: SocketAddr| a.to_string()), "pgrelay listening");
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let http_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    warp::serve(routes(relay.clone()))
+        .incoming(listener)
+        .graceful(http_stop)
+        .run()
+        .await;
+    let _ = stop_rx.wait_for(|s| *s).await;
+
+    info!(
+        sockets = relay.router.socket_count(),
+        "shutting down: closing sockets"
+    );
+    drop(relay);
+    if tokio::time::timeout(DRAIN_DEADLINE, controller.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(deadline = ?DRAIN_DEADLINE, "some tasks did not finish before the deadline");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// The one consumer of listener events: decode each change once, route it, queue its frames.
+async fn dispatch(
+    mut events: mpsc::Receiver<Event>,
+    catalog: &Catalog,
+    router: &Router,
+    pool: &deadpool_postgres::Pool,
+) {
+    let mut last_seq = 0i64;
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Notification(payload) => match change::decode(&payload, catalog).await {
+                Ok(change) => {
+                    last_seq = last_seq.max(change.seq);
+                    router.deliver(&change);
+                }
+                Err(err) => {
+                    error!(error_code = err.code(), cause = %err, payload = %truncated(&payload), "change dropped")
+                }
+            },
+            Event::Resumed { down_for } => {
+                let missed = match db::last_seq(pool).await {
+                    Ok(now) if last_seq > 0 => format!("{}", (now - last_seq).max(0)),
+                    Ok(_) => "unknown".into(),
+                    Err(e) => format!("unknown ({e})"),
+                };
+                warn!(down_for = ?down_for, missed_changes = %missed, error_code = "ListenerGap",
+                      "listener resumed; changes committed while it was down were not delivered");
+                router.notify_pg_channels(
+                    "error",
+                    "The relay lost its database connection for a moment: changes made \
+                     meanwhile may be missing. Refetch to be sure.",
+                );
+            }
+        }
+    }
+}
+
+fn truncated(s: &str) -> &str {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn routes(
+    relay: Arc<Relay>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    let with_relay = {
+        let relay = relay.clone();
+        warp::any().map(move || relay.clone())
+    };
+    let ws_path = warp::path!("realtime" / "v1" / "websocket")
+        .or(warp::path!("socket" / "websocket"))
+        .unify();
+    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let websocket = ws_path
+        .and(warp::ws())
+        .and(raw_query)
+        .and(with_relay.clone())
+        .map(upgrade);
+    let health = warp::path!("health").map(|| "ok");
+    let ready = warp::path!("ready")
+        .and(with_relay)
+        .map(|relay: Arc<Relay>| {
+            if *relay.listening.borrow() {
+                warp::reply::with_status("ready", StatusCode::OK)
+            } else {
+                warp::reply::with_status("not listening", StatusCode::SERVICE_UNAVAILABLE)
+            }
+        });
+    websocket
+        .or(health)
+        .or(ready)
+        .recover(|_rej: warp::Rejection| async {
+            Ok::<_, Infallible>(json_error(StatusCode::NOT_FOUND, "Not found"))
+        })
+}
+
+fn json_error(status: StatusCode, message: &str) -> warp::reply::Response {
+    use warp::Reply;
+    warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({ "error": message })),
+        status,
+    )
+    .into_response()
+}
+
+/// Admit or refuse a WebSocket upgrade. Refusals are HTTP responses, so the client's backoff
+/// grows instead of reconnecting every second.
+fn upgrade(ws: warp::ws::Ws, query: String, relay: Arc<Relay>) -> warp::reply::Response {
+    use warp::Reply;
+    let params = parse_query(&query);
+    let vsn = match Vsn::from_query(params.get("vsn").map(String::as_str)) {
+        Ok(v) => v,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    if relay.shutdown.is_shutdown() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Realtime is restarting");
+    }
+    let Ok(permit) = relay.connections.clone().try_acquire_owned() else {
+        return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
+    };
+    let max = relay.limits.max_message_bytes;
+    let ctx = SocketContext {
+        router: relay.router.clone(),
+        catalog: relay.catalog.clone(),
+        limits: relay.limits.clone(),
+        shutdown: relay.shutdown.clone(),
+    };
+    let tracker = relay.tracker.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |websocket| async move {
+            socket::run(websocket, vsn, ctx).await;
+            drop(permit);
+            drop(tracker);
+        })
+        .into_response()
+}
+
+/// `a=1&b=x%20y` → map. Only what the relay reads (`vsn`, `apikey`) matters; anything that does
+/// not decode is kept raw.
+fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = hex {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b == b'+' { b' ' } else { b });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = parse_query("apikey=a%2Bb&log_level=info&vsn=2.0.0&flag");
+        assert_eq!(q["apikey"], "a+b");
+        assert_eq!(q["vsn"], "2.0.0");
+        assert_eq!(q["flag"], "");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

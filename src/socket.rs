@@ -1,0 +1,430 @@
+//! One task per WebSocket client: read frames and act on them, write queued events in batches,
+//! close the socket on heartbeat timeout, cut-off or shutdown.
+//!
+//! Replies to the client's own messages are written directly by this task, in the order the
+//! messages came; fan-out events arrive through the bounded queue that the router fills with
+//! `try_send`. A join's reply is written before its subscriptions exist, so no event can
+//! overtake it.
+//!
+//! The loop is generic over `Sink`/`Stream` so tests can drive it with channels.
+
+use std::fmt::Display;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, instrument, warn};
+use warp::ws::Message;
+
+use crate::change::Catalog;
+use crate::channel::{self, Channels, JoinError, Joined};
+use crate::config::Limits;
+use crate::protocol::{self, Vsn, PHOENIX_TOPIC, TOPIC_PREFIX};
+use crate::router::{CutOff, Outbound, Router, SocketHandle, SocketId, SocketShared};
+use crate::shutdown::Shutdown;
+
+/// A write that takes longer than this means the client stopped reading; the socket is closed
+/// rather than holding its task (and queue memory) forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of the queue one batch writes before flushing.
+const WRITE_BATCH: usize = 256;
+
+/// What a socket task needs from the relay.
+#[derive(Debug, Clone)]
+pub struct SocketContext {
+    pub router: Arc<Router>,
+    pub catalog: Arc<Catalog>,
+    pub limits: Arc<Limits>,
+    pub shutdown: Shutdown,
+}
+
+/// Why the loop ended.
+#[derive(Debug)]
+enum End {
+    ClientClosed,
+    Transport(String),
+    HeartbeatTimeout,
+    CutOff(CutOff),
+    Shutdown,
+}
+
+struct Socket<S> {
+    ws: S,
+    id: SocketId,
+    vsn: Vsn,
+    ctx: SocketContext,
+    channels: Channels,
+}
+
+/// Serve one client until it leaves or is closed.
+#[instrument(name = "socket", skip_all, fields(socket_id, vsn = ?vsn))]
+pub async fn run<S, E>(ws: S, vsn: Vsn, ctx: SocketContext)
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    <S as Sink<Message>>::Error: Display,
+    E: Display,
+{
+    let (tx, rx) = mpsc::channel(ctx.limits.socket_queue.max(1));
+    let shared = Arc::new(SocketShared::default());
+    let id = ctx.router.add_socket(SocketHandle {
+        vsn,
+        tx,
+        shared: shared.clone(),
+        max_queued_bytes: ctx.limits.socket_queue_bytes,
+    });
+    tracing::Span::current().record("socket_id", id);
+    debug!("connected");
+    let mut socket = Socket {
+        ws,
+        id,
+        vsn,
+        ctx,
+        channels: Channels::default(),
+    };
+    let end = socket.serve(rx, &shared).await;
+    socket.ctx.router.remove_socket(id);
+    socket.close(&end).await;
+    match &end {
+        End::ClientClosed | End::Shutdown => debug!(reason = ?end, "disconnected"),
+        End::CutOff(c) => warn!(error_code = c.error_code, "cut off: {}", c.reason),
+        End::Transport(cause) => debug!(%cause, "disconnected on transport error"),
+        End::HeartbeatTimeout => info!("closed: no heartbeat within the timeout"),
+    }
+}
+
+impl<S, E> Socket<S>
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    <S as Sink<Message>>::Error: Display,
+    E: Display,
+{
+    async fn serve(&mut self, mut rx: mpsc::Receiver<Outbound>, shared: &SocketShared) -> End {
+        let mut shutdown = self.ctx.shutdown.clone();
+        let idle = self.ctx.limits.heartbeat_timeout;
+        let mut deadline = Instant::now() + idle;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.recv() => return End::Shutdown,
+                why = shared.cut() => return End::CutOff(why),
+                frame = self.ws.next() => {
+                    deadline = Instant::now() + idle;
+                    let msg = match frame {
+                        None => return End::ClientClosed,
+                        Some(Err(e)) => return End::Transport(e.to_string()),
+                        Some(Ok(msg)) => msg,
+                    };
+                    if msg.is_close() {
+                        return End::ClientClosed;
+                    }
+                    if let Err(e) = self.on_message(msg).await {
+                        return End::Transport(e);
+                    }
+                }
+                Some(first) = rx.recv() => {
+                    if let Err(e) = self.write_batch(first, &mut rx, shared).await {
+                        return End::Transport(e);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return End::HeartbeatTimeout,
+            }
+        }
+    }
+
+    /// Write one queued frame and whatever else is already queued, then flush once.
+    async fn write_batch(
+        &mut self,
+        first: Outbound,
+        rx: &mut mpsc::Receiver<Outbound>,
+        shared: &SocketShared,
+    ) -> Result<(), String> {
+        let mut bytes = 0;
+        let write = async {
+            let mut next = Some(first);
+            let mut n = 0;
+            while let Some(out) = next.take() {
+                bytes += out.len();
+                let Outbound::Text(text) = out;
+                self.ws
+                    .feed(Message::text(text.as_ref()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                n += 1;
+                if n < WRITE_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.ws.flush().await.map_err(|e| e.to_string())
+        };
+        let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+        shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(format!("write timed out after {WRITE_TIMEOUT:?}")),
+        }
+    }
+
+    /// Write a socket-local frame (a reply, a system message) now.
+    async fn send(&mut self, text: String) -> Result<(), String> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(Message::text(text))).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("write timed out after {WRITE_TIMEOUT:?}")),
+        }
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Result<(), String> {
+        if msg.is_text() {
+            let Ok(text) = msg.to_str() else {
+                return Ok(());
+            };
+            match protocol::decode_text(self.vsn, text) {
+                Ok(m) => self.dispatch(m).await,
+                Err(e) => {
+                    let (topic, msg_ref) = salvage(text);
+                    debug!(error_code = e.code(), cause = %e, "bad frame");
+                    let reason = format!("{}: {e}", e.code());
+                    let topic = topic.unwrap_or_else(|| PHOENIX_TOPIC.into());
+                    let reply =
+                        protocol::reply_error(self.vsn, None, msg_ref.as_deref(), &topic, &reason);
+                    self.send(reply).await
+                }
+            }
+        } else if msg.is_binary() {
+            match protocol::decode_binary(msg.as_bytes()) {
+                Ok(push) => {
+                    let reply = protocol::reply_error(
+                        self.vsn,
+                        push.join_ref.as_deref(),
+                        push.msg_ref.as_deref(),
+                        &push.topic,
+                        "UnsupportedMessage: broadcast is not supported by this relay yet",
+                    );
+                    self.send(reply).await
+                }
+                Err(e) => {
+                    debug!(error_code = e.code(), cause = %e, "bad binary frame");
+                    let reason = format!("{}: {e}", e.code());
+                    let reply = protocol::reply_error(self.vsn, None, None, PHOENIX_TOPIC, &reason);
+                    self.send(reply).await
+                }
+            }
+        } else {
+            // Ping/pong are answered by the WebSocket layer.
+            Ok(())
+        }
+    }
+
+    async fn dispatch(&mut self, m: protocol::Message) -> Result<(), String> {
+        let vsn = self.vsn;
+        let (jr, r) = (m.join_ref.as_deref(), m.msg_ref.as_deref());
+        if m.topic == PHOENIX_TOPIC && m.event == "heartbeat" {
+            return self
+                .send(protocol::reply_ok(vsn, jr, r, &m.topic, "{}"))
+                .await;
+        }
+        if m.event == "phx_join" {
+            return self.join(m).await;
+        }
+        if !self.channels.by_topic.contains_key(m.topic.as_str()) {
+            let reply = protocol::reply_error(vsn, None, r, &m.topic, "unmatched topic");
+            return self.send(reply).await;
+        }
+        match m.event.as_str() {
+            "phx_leave" => self.leave(&m).await,
+            // Token refresh: auth is not enforced by this relay yet, and the client expects
+            // no reply.
+            "access_token" => Ok(()),
+            "presence" => {
+                let reply = protocol::reply_error(
+                    vsn,
+                    jr,
+                    r,
+                    &m.topic,
+                    "UnsupportedMessage: presence is not supported by this relay yet",
+                );
+                self.send(reply).await
+            }
+            "broadcast" => {
+                let reply = protocol::reply_error(
+                    vsn,
+                    jr,
+                    r,
+                    &m.topic,
+                    "UnsupportedMessage: broadcast is not supported by this relay yet",
+                );
+                self.send(reply).await
+            }
+            other => {
+                let reason = format!("UnknownEvent: unknown event {:?}", truncate(other, 64));
+                let reply = protocol::reply_error(vsn, jr, r, &m.topic, &reason);
+                self.send(reply).await
+            }
+        }
+    }
+
+    async fn join(&mut self, m: protocol::Message) -> Result<(), String> {
+        let vsn = self.vsn;
+        let (jr, r) = (m.join_ref.as_deref(), m.msg_ref.as_deref());
+        let topic: Arc<str> = m.topic.as_str().into();
+
+        // Phoenix semantics: a second join of a joined topic closes the old channel first.
+        if let Some(old) = self.channels.by_topic.remove(&topic) {
+            self.ctx.router.unsubscribe(self.id, &topic);
+            let old_ref = old.join_ref.as_deref();
+            let close = protocol::encode(vsn, old_ref, old_ref, &topic, "phx_close", "{}");
+            self.send(close).await?;
+        }
+
+        let request = match self.check_join(&topic, &m.payload) {
+            Ok(req) => req,
+            Err(e) => {
+                debug!(topic = %topic, error_code = e.code(), "join refused");
+                let reply = protocol::reply_error(vsn, jr, r, &topic, &e.to_string());
+                return self.send(reply).await;
+            }
+        };
+
+        let (echo, ids) = channel::reply_bindings(&request.bindings);
+        let mut response = Map::new();
+        response.insert("postgres_changes".into(), echo);
+        let response = Value::Object(response).to_string();
+        self.send(protocol::reply_ok(vsn, jr, r, &topic, &response))
+            .await?;
+        self.channels.by_topic.insert(
+            topic.clone(),
+            Joined {
+                join_ref: m.join_ref.clone(),
+                has_bindings: !request.bindings.is_empty(),
+            },
+        );
+        if request.presence_enabled {
+            // The client buffers presence diffs until it has a state: always send one.
+            let state = protocol::encode(vsn, jr, None, &topic, "presence_state", "{}");
+            self.send(state).await?;
+        }
+        if request.bindings.is_empty() {
+            return Ok(());
+        }
+        let system = match channel::validate(&self.ctx.catalog, &request.bindings, &ids).await {
+            Ok(bindings) => {
+                self.ctx.router.subscribe(self.id, &topic, bindings);
+                protocol::system(
+                    vsn,
+                    jr,
+                    &topic,
+                    "postgres_changes",
+                    "ok",
+                    "Subscribed to PostgreSQL",
+                )
+            }
+            Err(reason) => {
+                debug!(topic = %topic, %reason, "postgres_changes subscription refused");
+                protocol::system(vsn, jr, &topic, "postgres_changes", "error", &reason)
+            }
+        };
+        self.send(system).await
+    }
+
+    fn check_join(&self, topic: &str, payload: &Value) -> Result<channel::JoinRequest, JoinError> {
+        let name = topic
+            .strip_prefix(TOPIC_PREFIX)
+            .ok_or(JoinError::TopicNameRequired)?;
+        if name.is_empty() {
+            return Err(JoinError::TopicNameRequired);
+        }
+        if self.channels.by_topic.len() >= self.ctx.limits.max_channels_per_client {
+            return Err(JoinError::TooManyChannels);
+        }
+        channel::parse_join(payload, self.ctx.limits.max_bindings_per_channel)
+    }
+
+    async fn leave(&mut self, m: &protocol::Message) -> Result<(), String> {
+        let vsn = self.vsn;
+        let Some(joined) = self.channels.by_topic.remove(m.topic.as_str()) else {
+            return Ok(());
+        };
+        self.ctx.router.unsubscribe(self.id, &m.topic);
+        let jr = joined.join_ref.as_deref();
+        self.send(protocol::reply_ok(
+            vsn,
+            jr,
+            m.msg_ref.as_deref(),
+            &m.topic,
+            "{}",
+        ))
+        .await?;
+        self.send(protocol::encode(vsn, jr, jr, &m.topic, "phx_close", "{}"))
+            .await
+    }
+
+    /// Say goodbye the way the reason calls for; best effort, bounded in time.
+    async fn close(&mut self, end: &End) {
+        let frame = match end {
+            End::ClientClosed | End::Transport(_) => None,
+            End::Shutdown => Some((1001, "server shutting down".to_owned())),
+            End::HeartbeatTimeout => Some((1000, "heartbeat timeout".to_owned())),
+            End::CutOff(why) => {
+                let vsn = self.vsn;
+                let notes: Vec<String> = self
+                    .channels
+                    .by_topic
+                    .iter()
+                    .map(|(topic, j)| {
+                        protocol::system(
+                            vsn,
+                            j.join_ref.as_deref(),
+                            topic,
+                            "system",
+                            "error",
+                            why.reason,
+                        )
+                    })
+                    .collect();
+                let goodbye = async {
+                    for n in notes {
+                        self.ws.feed(Message::text(n)).await?;
+                    }
+                    self.ws.flush().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+                Some((why.code, why.reason.to_owned()))
+            }
+        };
+        if let Some((code, reason)) = frame {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.ws.send(Message::close_with(code, reason)),
+            )
+            .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close()).await;
+    }
+}
+
+/// From a frame that failed to decode, recover the topic and ref if they are there, so the
+/// error reply can be matched by the client.
+fn salvage(text: &str) -> (Option<String>, Option<String>) {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return (None, None);
+    };
+    let s = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .map(|s| truncate(s, 256).to_owned())
+    };
+    match &v {
+        Value::Array(a) => (s(a.get(2)), s(a.get(1))),
+        Value::Object(o) => (s(o.get("topic")), s(o.get("ref"))),
+        _ => (None, None),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
