@@ -554,3 +554,164 @@ fn matches(filter: Option<&BoundFilter>, change: &Change) -> bool {
         Op::Update => hit(change.record.as_ref()) || hit(change.old_record.as_ref()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(v: serde_json::Value) -> Row {
+        match v {
+            serde_json::Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn change(op: Op, record: Option<serde_json::Value>, old: Option<serde_json::Value>) -> Change {
+        Change {
+            seq: 1,
+            schema: "public".into(),
+            table: "polls".into(),
+            op,
+            commit_timestamp: "t".into(),
+            record: record.map(row),
+            old_record: old.map(row),
+            data: "{\"d\":1}".into(),
+        }
+    }
+
+    fn socket(
+        router: &Router,
+        queue: usize,
+    ) -> (SocketId, mpsc::Receiver<Outbound>, Arc<SocketShared>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let shared = Arc::new(SocketShared::default());
+        let id = router.add_socket(SocketHandle {
+            vsn: Vsn::V2,
+            tx,
+            shared: shared.clone(),
+            max_queued_bytes: 1 << 20,
+        });
+        (id, rx, shared)
+    }
+
+    fn binding(filter: &str, event: Option<Op>, id: u32) -> NewBinding {
+        let types = |c: &str| match c {
+            "id" => Some("int8"),
+            "status" => Some("text"),
+            _ => None,
+        };
+        let bound = filter::parse(filter)
+            .unwrap()
+            .map(|f| f.bind(types).unwrap());
+        let eq_type = bound
+            .as_ref()
+            .and_then(|b| b.eq_index())
+            .and_then(|(c, _)| types(c))
+            .map(str::to_owned);
+        NewBinding {
+            scope: Scope::Table {
+                schema: "public".into(),
+                table: "polls".into(),
+            },
+            event,
+            filter_text: filter.into(),
+            filter: bound,
+            eq_type,
+            id,
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(Outbound::Text(t)) = rx.try_recv() {
+            out.push(t.to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn eq_bindings_are_indexed_and_match_new_or_old_row() {
+        let router = Router::new();
+        let (s, mut rx, _) = socket(&router, 16);
+        let topic: Arc<str> = "realtime:t".into();
+        router.subscribe(
+            s,
+            &topic,
+            vec![
+                binding("id=eq.7", None, 11),
+                binding("status=eq.active", Some(Op::Update), 12),
+            ],
+        );
+        {
+            let st = router.lock();
+            let index = &st.tables[&("public".to_owned(), "polls".to_owned())];
+            assert!(index.scan.is_empty(), "both bindings are eq-indexed");
+            assert_eq!(index.eq.len(), 2);
+        }
+        router.deliver(&change(
+            Op::Insert,
+            Some(json!({"id": 7, "status": "draft"})),
+            None,
+        ));
+        assert_eq!(
+            drain(&mut rx),
+            [r#"[null,null,"realtime:t","postgres_changes",{"ids":[11],"data":{"d":1}}]"#]
+        );
+        // Leaving the filter: old row matches, new does not -> delivered, with both ids.
+        router.deliver(&change(
+            Op::Update,
+            Some(json!({"id": 7, "status": "closed"})),
+            Some(json!({"id": 7, "status": "active"})),
+        ));
+        assert_eq!(
+            drain(&mut rx),
+            [r#"[null,null,"realtime:t","postgres_changes",{"ids":[11,12],"data":{"d":1}}]"#]
+        );
+        router.deliver(&change(
+            Op::Insert,
+            Some(json!({"id": 8, "status": "active"})),
+            None,
+        ));
+        assert!(
+            drain(&mut rx).is_empty(),
+            "INSERT does not match the UPDATE binding"
+        );
+    }
+
+    #[test]
+    fn shared_bindings_are_removed_with_their_last_subscriber() {
+        let router = Router::new();
+        let (a, mut rx_a, _) = socket(&router, 16);
+        let (b, mut rx_b, _) = socket(&router, 16);
+        let topic: Arc<str> = "realtime:x".into();
+        router.subscribe(a, &topic, vec![binding("", None, 1)]);
+        router.subscribe(b, &topic, vec![binding("", None, 1)]);
+        assert_eq!(router.lock().bindings.len(), 1, "deduplicated");
+        router.deliver(&change(Op::Insert, Some(json!({"id": 1})), None));
+        assert_eq!(drain(&mut rx_a).len(), 1);
+        assert_eq!(drain(&mut rx_b).len(), 1);
+        router.unsubscribe(a, &topic);
+        assert_eq!(router.lock().bindings.len(), 1);
+        router.remove_socket(b);
+        let st = router.lock();
+        assert!(st.bindings.is_empty() && st.keys.is_empty() && st.tables.is_empty());
+    }
+
+    #[test]
+    fn full_queue_cuts_the_socket_off_without_blocking() {
+        let router = Router::new();
+        let (slow, _rx_slow, slow_shared) = socket(&router, 2);
+        let (fast, mut rx_fast, fast_shared) = socket(&router, 64);
+        let topic: Arc<str> = "realtime:x".into();
+        router.subscribe(slow, &topic, vec![binding("", None, 1)]);
+        router.subscribe(fast, &topic, vec![binding("", None, 1)]);
+        for i in 0..10 {
+            router.deliver(&change(Op::Insert, Some(json!({"id": i})), None));
+        }
+        assert_eq!(drain(&mut rx_fast).len(), 10);
+        assert_eq!(*slow_shared.cutoff.lock().unwrap(), Some(SLOW_CONSUMER));
+        assert_eq!(*fast_shared.cutoff.lock().unwrap(), None);
+        assert!(router.stats.cutoffs.load(Ordering::Relaxed) >= 1);
+    }
+}

@@ -82,8 +82,11 @@ pub async fn run(
 
     let (events_tx, events_rx) = mpsc::channel(limits.change_buffer.max(1));
     let (listening_tx, listening) = watch::channel(false);
+    let mut listen_pg = db::pg_config(&config.database_url)?;
+    // Named apart from the pool so a DBA can tell it in pg_stat_activity.
+    listen_pg.application_name("pgrelay listener");
     let listener_cfg = ListenerConfig {
-        pg: db::pg_config(&config.database_url)?,
+        pg: listen_pg,
         channel: config.channel.clone(),
         probe_every: limits.listener_probe,
     };

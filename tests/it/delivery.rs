@@ -480,3 +480,44 @@ async fn columns_follow_ddl() {
     assert_eq!(f.payload["data"]["record"]["karma"], 3);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn listener_comes_back_by_itself_and_says_changes_may_be_missing() {
+    let relay = start_relay().await;
+    let db = relay.db().await;
+    let mut ws = relay.ws("2.0.0").await;
+    ws.subscribe(
+        "realtime:resilient",
+        json!([{"event":"INSERT","schema":"public","table":"profiles"}]),
+    )
+    .await;
+    let killed = db
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'pgrelay listener'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed, 1, "exactly one LISTEN session");
+    // The relay reconnects and tells the channel that it may have missed changes.
+    let sys = ws.recv().await;
+    assert_eq!(sys.event, "system", "{sys:?}");
+    assert_eq!(sys.payload["extension"], "postgres_changes");
+    assert_eq!(sys.payload["status"], "error");
+    assert_eq!(sys.payload["channel"], "resilient");
+    assert!(
+        sys.payload["message"]
+            .as_str()
+            .unwrap()
+            .contains("may be missing"),
+        "{sys:?}"
+    );
+    // And delivers live changes again.
+    db.execute("INSERT INTO profiles (username) VALUES ('after')", &[])
+        .await
+        .unwrap();
+    let f = ws.recv_event("postgres_changes").await;
+    assert_eq!(f.payload["data"]["record"]["username"], "after");
+    relay.stop().await;
+}

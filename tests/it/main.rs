@@ -5,5 +5,7 @@
 
 mod support;
 
+mod cli;
 mod delivery;
+mod filters;
 mod protocol;
