@@ -312,3 +312,15 @@ pub async fn last_seq(pool: &Pool) -> Result<i64, DbError> {
         .await?;
     Ok(row.try_get(0)?)
 }
+
+/// `pg_notification_queue_usage()`: the fraction of the cluster-wide NOTIFY queue in use.
+pub async fn notification_queue_usage(pool: &Pool) -> Result<f64, DbError> {
+    let client = client(pool).await?;
+    let row = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.query_one("SELECT pg_notification_queue_usage()", &[]),
+    )
+    .await
+    .map_err(|_| DbError::Pool("timed out".into()))??;
+    Ok(row.try_get(0)?)
+}

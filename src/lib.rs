@@ -12,6 +12,7 @@
 //! - [`channel`]: joins, bindings and their ids, leaves.
 //! - [`socket`]: one task per client: reads, replies, batched writes, timeouts.
 //! - [`server`]: routes, admission, task tracking, shutdown.
+//! - [`metrics`]: counters and histograms, rendered at `/metrics`.
 //! - [`shutdown`]: the shutdown signal and completion tracking.
 
 pub mod change;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod filter;
 pub mod listener;
+pub mod metrics;
 pub mod protocol;
 pub mod router;
 pub mod server;

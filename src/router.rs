@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::change::{Change, Op, Row};
 use crate::filter::{self, BoundFilter, IndexKey};
+use crate::metrics::Metrics;
 use crate::protocol::{self, Vsn};
 
 pub type SocketId = u64;
@@ -172,20 +173,12 @@ struct State {
     next_binding: BindingId,
 }
 
-/// Counters the router keeps (exposed by metrics later).
-#[derive(Debug, Default)]
-pub struct RouterStats {
-    pub changes: AtomicU64,
-    pub deliveries: AtomicU64,
-    pub cutoffs: AtomicU64,
-}
-
 /// The subscription index. One per relay; shared by the dispatcher and every socket task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Router {
     state: Mutex<State>,
     next_socket: AtomicU64,
-    pub stats: RouterStats,
+    metrics: Arc<Metrics>,
 }
 
 /// One planned delivery: a frame for one socket.
@@ -195,8 +188,12 @@ struct Delivery {
 }
 
 impl Router {
-    pub fn new() -> Self {
-        Router::default()
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Router {
+            state: Mutex::default(),
+            next_socket: AtomicU64::new(0),
+            metrics,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -230,6 +227,17 @@ impl Router {
 
     pub fn socket_count(&self) -> usize {
         self.lock().sockets.len()
+    }
+
+    /// Connections, channels holding bindings, and distinct bindings, for `/metrics`.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let st = self.lock();
+        let channels = st
+            .sockets
+            .values()
+            .map(|e| e.channels.values().filter(|b| !b.is_empty()).count())
+            .sum();
+        (st.sockets.len(), channels, st.bindings.len())
     }
 
     /// Attach bindings to a channel (replacing what the channel held).
@@ -278,7 +286,6 @@ impl Router {
 
     /// Route one change and queue its frames. Never waits: a full queue cuts its socket off.
     pub fn deliver(&self, change: &Change) {
-        self.stats.changes.fetch_add(1, Ordering::Relaxed);
         let mut cut = Vec::new();
         let mut delivered = 0u64;
         {
@@ -287,15 +294,15 @@ impl Router {
                 let Some(handle) = st.sockets.get(&d.socket).and_then(|e| e.handle.as_ref()) else {
                     continue;
                 };
-                if try_queue(handle, Outbound::Text(d.frame)) {
+                if try_queue(handle, Outbound::Text(d.frame), &self.metrics) {
                     delivered += 1;
                 } else {
                     cut.push(handle.shared.clone());
                 }
             }
         }
-        self.stats
-            .deliveries
+        self.metrics
+            .deliveries_total
             .fetch_add(delivered, Ordering::Relaxed);
         self.cut_off_all(cut);
     }
@@ -322,7 +329,7 @@ impl Router {
                         status,
                         message,
                     );
-                    if !try_queue(handle, Outbound::Text(frame.into())) {
+                    if !try_queue(handle, Outbound::Text(frame.into()), &self.metrics) {
                         cut.push(handle.shared.clone());
                     }
                 }
@@ -333,20 +340,24 @@ impl Router {
 
     fn cut_off_all(&self, cut: Vec<Arc<SocketShared>>) {
         for shared in cut {
-            self.stats.cutoffs.fetch_add(1, Ordering::Relaxed);
+            Metrics::inc(&self.metrics.cutoffs_total);
             shared.cut_off(SLOW_CONSUMER);
         }
     }
 }
 
 /// Queue a frame without waiting. False when the socket's queue (messages or bytes) is full.
-fn try_queue(handle: &SocketHandle, out: Outbound) -> bool {
+fn try_queue(handle: &SocketHandle, out: Outbound, metrics: &Metrics) -> bool {
     let len = out.len();
     let before = handle.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
     if before + len > handle.max_queued_bytes || handle.tx.try_send(out).is_err() {
         handle.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         return false;
     }
+    let queued = handle.tx.max_capacity() - handle.tx.capacity();
+    metrics
+        .queue_high_water
+        .fetch_max(queued as u64, Ordering::Relaxed);
     true
 }
 
@@ -632,7 +643,7 @@ mod tests {
 
     #[test]
     fn eq_bindings_are_indexed_and_match_new_or_old_row() {
-        let router = Router::new();
+        let router = Router::new(Arc::default());
         let (s, mut rx, _) = socket(&router, 16);
         let topic: Arc<str> = "realtime:t".into();
         router.subscribe(
@@ -681,7 +692,7 @@ mod tests {
 
     #[test]
     fn shared_bindings_are_removed_with_their_last_subscriber() {
-        let router = Router::new();
+        let router = Router::new(Arc::default());
         let (a, mut rx_a, _) = socket(&router, 16);
         let (b, mut rx_b, _) = socket(&router, 16);
         let topic: Arc<str> = "realtime:x".into();
@@ -700,7 +711,7 @@ mod tests {
 
     #[test]
     fn full_queue_cuts_the_socket_off_without_blocking() {
-        let router = Router::new();
+        let router = Router::new(Arc::default());
         let (slow, _rx_slow, slow_shared) = socket(&router, 2);
         let (fast, mut rx_fast, fast_shared) = socket(&router, 64);
         let topic: Arc<str> = "realtime:x".into();
@@ -712,6 +723,6 @@ mod tests {
         assert_eq!(drain(&mut rx_fast).len(), 10);
         assert_eq!(*slow_shared.cutoff.lock().unwrap(), Some(SLOW_CONSUMER));
         assert_eq!(*fast_shared.cutoff.lock().unwrap(), None);
-        assert!(router.stats.cutoffs.load(Ordering::Relaxed) >= 1);
+        assert!(router.metrics.cutoffs_total.load(Ordering::Relaxed) >= 1);
     }
 }

@@ -23,6 +23,7 @@ use crate::change::{self, Catalog};
 use crate::config::{Config, Limits};
 use crate::db::{self, DbError};
 use crate::listener::{self, Event, ListenerConfig};
+use crate::metrics::{parse_commit_timestamp, Gauges, Metrics};
 use crate::protocol::Vsn;
 use crate::router::Router;
 use crate::shutdown::{Shutdown, ShutdownController, Tracker};
@@ -47,6 +48,8 @@ pub enum ServerError {
 struct Relay {
     router: Arc<Router>,
     catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    pool: deadpool_postgres::Pool,
     limits: Arc<Limits>,
     /// One permit per WebSocket connection, taken before the upgrade and moved into the
     /// socket task: the relay refuses connections instead of running out of memory.
@@ -77,7 +80,8 @@ pub async fn run(
 
     let controller = ShutdownController::new();
     let limits = Arc::new(config.limits.clone());
-    let router = Arc::new(Router::new());
+    let metrics = Arc::new(Metrics::default());
+    let router = Arc::new(Router::new(metrics.clone()));
     let catalog = Arc::new(Catalog::new(pool.clone()));
 
     let (events_tx, events_rx) = mpsc::channel(limits.change_buffer.max(1));
@@ -103,8 +107,9 @@ pub async fn run(
         let router = router.clone();
         let catalog = catalog.clone();
         let pool = pool.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            dispatch(events_rx, &catalog, &router, &pool).await;
+            dispatch(events_rx, &catalog, &router, &pool, &metrics).await;
             drop(tracker);
         });
     }
@@ -121,6 +126,8 @@ pub async fn run(
     let relay = Arc::new(Relay {
         router,
         catalog,
+        metrics,
+        pool,
         limits: limits.clone(),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         shutdown: controller.subscribe(),
@@ -169,6 +176,7 @@ async fn dispatch(
     catalog: &Catalog,
     router: &Router,
     pool: &deadpool_postgres::Pool,
+    metrics: &Metrics,
 ) {
     let mut last_seq = 0i64;
     while let Some(event) = events.recv().await {
@@ -176,13 +184,23 @@ async fn dispatch(
             Event::Notification(payload) => match change::decode(&payload, catalog).await {
                 Ok(change) => {
                     last_seq = last_seq.max(change.seq);
+                    Metrics::inc(&metrics.changes_total);
                     router.deliver(&change);
+                    if let Some(at) = parse_commit_timestamp(&change.commit_timestamp) {
+                        let lag = chrono::Utc::now() - at;
+                        metrics
+                            .commit_to_send
+                            .observe(lag.to_std().unwrap_or_default());
+                    }
                 }
                 Err(err) => {
+                    Metrics::inc(&metrics.changes_dropped_total);
                     error!(error_code = err.code(), cause = %err, payload = %truncated(&payload), "change dropped")
                 }
             },
             Event::Resumed { down_for } => {
+                Metrics::inc(&metrics.listener_reconnects_total);
+                Metrics::inc(&metrics.gaps_total);
                 let missed = match db::last_seq(pool).await {
                     Ok(now) if last_seq > 0 => format!("{}", (now - last_seq).max(0)),
                     Ok(_) => "unknown".into(),
@@ -225,6 +243,26 @@ fn routes(
         .and(with_relay.clone())
         .map(upgrade);
     let health = warp::path!("health").map(|| "ok");
+    let metrics =
+        warp::path!("metrics")
+            .and(with_relay.clone())
+            .then(|relay: Arc<Relay>| async move {
+                let (connections, channels, bindings) = relay.router.counts();
+                let listening = *relay.listening.borrow();
+                let notification_queue_usage = db::notification_queue_usage(&relay.pool).await.ok();
+                let gauges = Gauges {
+                    connections,
+                    channels,
+                    bindings,
+                    listening,
+                    notification_queue_usage,
+                };
+                warp::reply::with_header(
+                    relay.metrics.render(&gauges),
+                    "content-type",
+                    "text/plain; version=0.0.4",
+                )
+            });
     let ready = warp::path!("ready")
         .and(with_relay)
         .map(|relay: Arc<Relay>| {
@@ -236,6 +274,7 @@ fn routes(
         });
     websocket
         .or(health)
+        .or(metrics)
         .or(ready)
         .recover(|_rej: warp::Rejection| async {
             Ok::<_, Infallible>(json_error(StatusCode::NOT_FOUND, "Not found"))
@@ -267,7 +306,9 @@ fn upgrade(ws: warp::ws::Ws, query: String, relay: Arc<Relay>) -> warp::reply::R
         return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
     };
     let max = relay.limits.max_message_bytes;
+    Metrics::inc(&relay.metrics.connections_total);
     let ctx = SocketContext {
+        metrics: relay.metrics.clone(),
         router: relay.router.clone(),
         catalog: relay.catalog.clone(),
         limits: relay.limits.clone(),

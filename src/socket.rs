@@ -23,6 +23,7 @@ use warp::ws::Message;
 use crate::change::Catalog;
 use crate::channel::{self, Channels, JoinError, Joined};
 use crate::config::Limits;
+use crate::metrics::Metrics;
 use crate::protocol::{self, Vsn, PHOENIX_TOPIC, TOPIC_PREFIX};
 use crate::router::{CutOff, Outbound, Router, SocketHandle, SocketId, SocketShared};
 use crate::shutdown::Shutdown;
@@ -36,6 +37,7 @@ const WRITE_BATCH: usize = 256;
 /// What a socket task needs from the relay.
 #[derive(Debug, Clone)]
 pub struct SocketContext {
+    pub metrics: Arc<Metrics>,
     pub router: Arc<Router>,
     pub catalog: Arc<Catalog>,
     pub limits: Arc<Limits>,
@@ -294,6 +296,7 @@ where
         let response = Value::Object(response).to_string();
         self.send(protocol::reply_ok(vsn, jr, r, &topic, &response))
             .await?;
+        Metrics::inc(&self.ctx.metrics.joins_total);
         self.channels.by_topic.insert(
             topic.clone(),
             Joined {

@@ -8,4 +8,5 @@ mod support;
 mod cli;
 mod delivery;
 mod filters;
+mod ops;
 mod protocol;

@@ -1,0 +1,249 @@
+//! Relay figures, kept as atomics on the hot path and rendered in the Prometheus text format
+//! at `/metrics`.
+//!
+//! Counters only ever increase; gauges are read at scrape time. Nothing here takes a lock, so
+//! recording a figure never slows delivery.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the commit→send latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A cumulative histogram with fixed buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in microseconds (integer so it can be an atomic).
+    sum_micros: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        // Only the first bucket that fits is incremented; rendering accumulates.
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Every figure the relay keeps.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_total: AtomicU64,
+    pub joins_total: AtomicU64,
+    pub changes_total: AtomicU64,
+    pub changes_dropped_total: AtomicU64,
+    pub deliveries_total: AtomicU64,
+    pub cutoffs_total: AtomicU64,
+    pub listener_reconnects_total: AtomicU64,
+    pub catchups_total: AtomicU64,
+    pub catchup_changes_total: AtomicU64,
+    pub gaps_total: AtomicU64,
+    /// Most frames ever waiting in one socket's queue.
+    pub queue_high_water: AtomicU64,
+    pub commit_to_send: Histogram,
+}
+
+/// Figures read at scrape time rather than counted.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub connections: usize,
+    pub channels: usize,
+    pub bindings: usize,
+    pub listening: bool,
+    /// `pg_notification_queue_usage()`, when the database answered.
+    pub notification_queue_usage: Option<f64>,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every figure.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "pgrelay_connections",
+            "Open WebSocket connections.",
+            g.connections as f64,
+        );
+        gauge(
+            &mut out,
+            "pgrelay_channels",
+            "Joined channels holding postgres_changes bindings.",
+            g.channels as f64,
+        );
+        gauge(
+            &mut out,
+            "pgrelay_bindings",
+            "Distinct bindings in the router (shared ones count once).",
+            g.bindings as f64,
+        );
+        gauge(
+            &mut out,
+            "pgrelay_listening",
+            "1 while the LISTEN session is active.",
+            f64::from(u8::from(g.listening)),
+        );
+        if let Some(u) = g.notification_queue_usage {
+            gauge(
+                &mut out,
+                "pgrelay_pg_notification_queue_usage",
+                "pg_notification_queue_usage(): fraction of the cluster-wide NOTIFY queue in use.",
+                u,
+            );
+        }
+        gauge(
+            &mut out,
+            "pgrelay_socket_queue_high_water",
+            "Most frames ever waiting in one socket's queue.",
+            self.queue_high_water.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "pgrelay_connections_total",
+            "WebSocket connections accepted.",
+            &self.connections_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_joins_total",
+            "Channel joins answered ok.",
+            &self.joins_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_changes_total",
+            "Row changes received from PostgreSQL and routed.",
+            &self.changes_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_changes_dropped_total",
+            "Notifications that could not be decoded (see logs).",
+            &self.changes_dropped_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_deliveries_total",
+            "postgres_changes frames queued to sockets.",
+            &self.deliveries_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_cutoffs_total",
+            "Sockets cut off because their queue was full.",
+            &self.cutoffs_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_listener_reconnects_total",
+            "LISTEN sessions re-established after a loss.",
+            &self.listener_reconnects_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_catchups_total",
+            "Catch-ups from the change log after a reconnect.",
+            &self.catchups_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_catchup_changes_total",
+            "Changes delivered by catch-up.",
+            &self.catchup_changes_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_gaps_total",
+            "Times channels were told changes may be missing.",
+            &self.gaps_total,
+        );
+        self.commit_to_send.render(
+            &mut out,
+            "pgrelay_commit_to_send_seconds",
+            "Time from the row change (commit_timestamp) to its frames being queued.",
+        );
+        out
+    }
+}
+
+/// Milliseconds since the epoch of a `commit_timestamp` (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
+pub fn parse_commit_timestamp(ts: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(ts)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.0005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn commit_timestamps_parse() {
+        let t = parse_commit_timestamp("2026-11-27T10:00:00.123Z").unwrap();
+        assert_eq!(t.timestamp_millis() % 1000, 123);
+        assert!(parse_commit_timestamp("yesterday").is_none());
+    }
+}
