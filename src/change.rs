@@ -97,13 +97,40 @@ struct Wire {
     is_ref: bool,
 }
 
-/// Decode a NOTIFY payload into a [`Change`], reading the change log when the trigger sent only
-/// a reference, and attaching the table's columns.
+/// A watermark marker: proof that every transaction visible in `snapshot` has been delivered,
+/// because the marker committed after the snapshot was taken and NOTIFY delivers in commit
+/// order. Sent by `watermark`; only the relay that sent it (`relay`) acts on it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Marker {
+    pub marker: u64,
+    pub relay: String,
+    /// `pg_snapshot` text, `xmin:xmax:xip,…`.
+    pub snapshot: String,
+}
+
+/// Markers are built by the relay's own SQL with exactly this prefix, so telling them from
+/// changes costs a prefix comparison.
+pub const MARKER_PREFIX: &str = "{\"v\":1,\"marker\":";
+
+/// What arrived on the channel.
+#[derive(Debug)]
+pub enum Notice {
+    Change(Change),
+    Marker(Marker),
+}
+
+/// Decode a NOTIFY payload: a [`Marker`], or a [`Change`] (reading the change log when the
+/// trigger sent only a reference) with the table's columns attached.
 ///
 /// # Errors
 /// A payload that is not a pgrelay change, a reference whose log row is gone, or a database
 /// error while reading the log or the catalog.
-pub async fn decode(payload: &str, catalog: &Catalog) -> Result<Change, ChangeError> {
+pub async fn decode(payload: &str, catalog: &Catalog) -> Result<Notice, ChangeError> {
+    if payload.starts_with(MARKER_PREFIX) {
+        return serde_json::from_str(payload)
+            .map(Notice::Marker)
+            .map_err(|e| ChangeError::Malformed(e.to_string()));
+    }
     let wire: Wire =
         serde_json::from_str(payload).map_err(|e| ChangeError::Malformed(e.to_string()))?;
     if wire.v != 1 {
@@ -117,15 +144,7 @@ pub async fn decode(payload: &str, catalog: &Catalog) -> Result<Change, ChangeEr
     } else {
         (wire.record, wire.old_record)
     };
-    let shape = record.as_ref().or(old_record.as_ref());
-    let info = catalog
-        .table_for_row(&wire.schema, &wire.table, shape)
-        .await?
-        .ok_or_else(|| ChangeError::UnknownTable {
-            schema: wire.schema.clone(),
-            table: wire.table.clone(),
-        })?;
-    let mut change = Change {
+    let change = Change {
         seq: wire.seq,
         schema: wire.schema,
         table: wire.table,
@@ -135,8 +154,45 @@ pub async fn decode(payload: &str, catalog: &Catalog) -> Result<Change, ChangeEr
         old_record,
         data: String::new(),
     };
-    change.data = data_json(&change, &info);
-    Ok(change)
+    change.finish(catalog).await.map(Notice::Change)
+}
+
+impl Change {
+    /// A change read back from the change log (catch-up, server-sent events).
+    pub async fn from_log(row: db::LoggedChange, catalog: &Catalog) -> Result<Change, ChangeError> {
+        let op = match row.op.as_str() {
+            "INSERT" => Op::Insert,
+            "UPDATE" => Op::Update,
+            "DELETE" => Op::Delete,
+            other => return Err(ChangeError::Malformed(format!("unknown op {other:?}"))),
+        };
+        Change {
+            seq: row.seq,
+            schema: row.schema,
+            table: row.table,
+            op,
+            commit_timestamp: row.commit_timestamp,
+            record: as_row(row.record),
+            old_record: as_row(row.old_record),
+            data: String::new(),
+        }
+        .finish(catalog)
+        .await
+    }
+
+    /// Attach the table's columns and serialize the event's `data` once.
+    async fn finish(mut self, catalog: &Catalog) -> Result<Change, ChangeError> {
+        let shape = self.record.as_ref().or(self.old_record.as_ref());
+        let info = catalog
+            .table_for_row(&self.schema, &self.table, shape)
+            .await?
+            .ok_or_else(|| ChangeError::UnknownTable {
+                schema: self.schema.clone(),
+                table: self.table.clone(),
+            })?;
+        self.data = data_json(&self, &info);
+        Ok(self)
+    }
 }
 
 fn as_row(v: Option<Value>) -> Option<Row> {
@@ -358,6 +414,15 @@ mod tests {
         .unwrap();
         assert!(r.is_ref && r.record.is_none());
         assert!(serde_json::from_str::<Wire>(r#"{"v":1,"seq":5,"type":"TRUNCATE"}"#).is_err());
+    }
+
+    #[test]
+    fn markers_are_told_apart_by_prefix() {
+        let text = r#"{"v":1,"marker":7,"relay":"r1","snapshot":"10:12:11"}"#;
+        assert!(text.starts_with(MARKER_PREFIX));
+        let m: Marker = serde_json::from_str(text).unwrap();
+        assert_eq!(m.marker, 7);
+        assert_eq!(m.snapshot, "10:12:11");
     }
 
     #[test]

@@ -124,6 +124,12 @@ pub struct Limits {
     /// before the session is declared dead (a half-open TCP connection otherwise looks alive).
     #[arg(long, env = "PGRELAY_LISTENER_PROBE", default_value = "10s", value_parser = parse_duration)]
     pub listener_probe: Duration,
+
+    /// How often the relay sends itself a watermark marker through NOTIFY. After a LISTEN
+    /// disconnect it replays from the change log everything committed since the last marker
+    /// that came back; each marker is one small notifying commit.
+    #[arg(long, env = "PGRELAY_MARKER_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub marker_interval: Duration,
 }
 
 impl Default for Limits {
@@ -138,6 +144,7 @@ impl Default for Limits {
             heartbeat_timeout: Duration::from_secs(60),
             change_buffer: 65_536,
             listener_probe: Duration::from_secs(10),
+            marker_interval: Duration::from_secs(1),
         }
     }
 }

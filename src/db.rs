@@ -279,36 +279,101 @@ pub async fn table_columns(
         .collect()
 }
 
-/// One change-log row, for a NOTIFY that carried only a reference.
+/// One change-log row.
 #[derive(Debug)]
 pub struct LoggedChange {
+    pub seq: i64,
+    pub schema: String,
+    pub table: String,
+    pub op: String,
+    pub commit_timestamp: String,
     pub record: Option<serde_json::Value>,
     pub old_record: Option<serde_json::Value>,
 }
 
+const LOG_COLUMNS: &str = "seq, schema_name, table_name, op, commit_timestamp, record, old_record";
+
+fn logged(r: &tokio_postgres::Row) -> Result<LoggedChange, DbError> {
+    Ok(LoggedChange {
+        seq: r.try_get(0)?,
+        schema: r.try_get(1)?,
+        table: r.try_get(2)?,
+        op: r.try_get(3)?,
+        commit_timestamp: r.try_get(4)?,
+        record: r.try_get(5)?,
+        old_record: r.try_get(6)?,
+    })
+}
+
+/// One change by its `seq`, for a NOTIFY that carried only a reference.
 pub async fn read_change(pool: &Pool, seq: i64) -> Result<Option<LoggedChange>, DbError> {
     let client = client(pool).await?;
     let stmt = client
-        .prepare_cached("SELECT record, old_record FROM pgrelay.change_log WHERE seq = $1")
+        .prepare_cached(&format!(
+            "SELECT {LOG_COLUMNS} FROM pgrelay.change_log WHERE seq = $1"
+        ))
         .await?;
     let row = client.query_opt(&stmt, &[&seq]).await?;
-    row.map(|r| {
-        Ok(LoggedChange {
-            record: r.try_get(0)?,
-            old_record: r.try_get(1)?,
-        })
-    })
-    .transpose()
+    row.as_ref().map(logged).transpose()
 }
 
-/// Highest sequence number in the change log (0 when empty), to report the size of a gap.
-pub async fn last_seq(pool: &Pool) -> Result<i64, DbError> {
+/// Every change committed after snapshot `after` and visible in snapshot `upto`, in an order
+/// consistent with commit order: transactions by their last `seq` (a transaction that saw
+/// another's commit allocated all its sequence numbers after that one's), changes within a
+/// transaction by `seq`.
+pub async fn read_window(
+    pool: &Pool,
+    after: &str,
+    upto: &str,
+) -> Result<Vec<LoggedChange>, DbError> {
+    let client = client(pool).await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {LOG_COLUMNS} FROM pgrelay.change_log \
+             WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot) \
+               AND pg_visible_in_snapshot(xid, $2::text::pg_snapshot) \
+               AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
+             ORDER BY max(seq) OVER (PARTITION BY xid), seq"
+        ))
+        .await?;
+    let rows = client.query(&stmt, &[&after, &upto]).await?;
+    rows.iter().map(logged).collect()
+}
+
+/// Whether pruning may have removed a change committed after `snapshot`: true when some pruned
+/// change's transaction is not older than the snapshot's xmin (conservative).
+pub async fn pruned_past(pool: &Pool, snapshot: &str) -> Result<bool, DbError> {
     let client = client(pool).await?;
     let row = client
         .query_one(
-            "SELECT coalesce(max(seq), 0)::int8 FROM pgrelay.change_log",
-            &[],
+            "SELECT coalesce(max_pruned_xid >= pg_snapshot_xmin($1::text::pg_snapshot), false) \
+             FROM pgrelay.prune_state",
+            &[&snapshot],
         )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Send a watermark marker on `channel` and return the snapshot it carries. The snapshot is
+/// taken at the start of the statement and the notification is queued at its commit, so every
+/// transaction visible in the snapshot is ahead of the marker in the NOTIFY queue.
+pub async fn send_marker(
+    pool: &Pool,
+    channel: &str,
+    relay: &str,
+    marker: u64,
+) -> Result<String, DbError> {
+    let client = client(pool).await?;
+    let stmt = client
+        .prepare_cached(
+            "WITH s AS (SELECT pg_current_snapshot()::text AS snap) \
+             SELECT snap, pg_notify($1, format('{\"v\":1,\"marker\":%s,\"relay\":\"%s\",\"snapshot\":\"%s\"}', \
+                                             $3::int8, $2::text, snap)) FROM s",
+        )
+        .await?;
+    let marker = i64::try_from(marker).unwrap_or(i64::MAX);
+    let row = client
+        .query_one(&stmt, &[&channel, &relay, &marker])
         .await?;
     Ok(row.try_get(0)?)
 }

@@ -7,6 +7,8 @@
 //! - [`listener`]: the one dedicated LISTEN session, probed and reconnected.
 //! - [`change`]: the trigger payload decoded once into a [`change::Change`]; the column cache.
 //! - [`filter`]: `column=op.value` filters, parsed and evaluated by column type.
+//! - [`dispatch`]: the ordered stream of changes: live, de-duplicated, caught up after a gap.
+//! - [`watermark`]: markers that prove which changes came through.
 //! - [`router`]: the subscription index; a change → frames on socket queues.
 //! - [`protocol`]: the Phoenix wire format (vsn 1.0.0 and 2.0.0).
 //! - [`channel`]: joins, bindings and their ids, leaves.
@@ -19,6 +21,7 @@ pub mod change;
 pub mod channel;
 pub mod config;
 pub mod db;
+pub mod dispatch;
 pub mod filter;
 pub mod listener;
 pub mod metrics;
@@ -27,6 +30,7 @@ pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod socket;
+pub mod watermark;
 
 pub use config::Config;
 pub use server::run;

@@ -7,9 +7,9 @@
 //! would pin the cluster-wide NOTIFY queue, and a session receives its own notifications.
 //!
 //! Lifecycle: `run` loops over sessions until shutdown. Each session ends on a connection
-//! error, a failed probe, or shutdown. After a lost session the next successful `LISTEN` is
-//! reported downstream as [`Event::Resumed`], in order after every notification of the old
-//! session, so the dispatcher can account for the gap.
+//! error, a failed probe, or shutdown. Every successful `LISTEN` is reported downstream as
+//! [`Event::Listening`], in order after every notification of the previous session, so the
+//! dispatcher can catch up on what the gap let through.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +26,9 @@ use crate::shutdown::Shutdown;
 pub enum Event {
     /// A NOTIFY payload on our channel.
     Notification(String),
-    /// LISTEN is active again after the previous session was lost.
-    Resumed { down_for: Duration },
+    /// LISTEN is active. `after_loss` is how long no session was listening, when this one
+    /// replaces a lost one; `None` for the first session.
+    Listening { after_loss: Option<Duration> },
 }
 
 /// Errors that end one LISTEN session.
@@ -135,11 +136,9 @@ async fn session(
             .await?;
         let _ = listening.send(true);
         *backoff = BACKOFF_MIN;
-        if let Some(since) = down_since.take() {
-            let down_for = since.elapsed();
-            if tx.send(Event::Resumed { down_for }).await.is_err() {
-                return Ok(());
-            }
+        let after_loss = down_since.take().map(|since| since.elapsed());
+        if tx.send(Event::Listening { after_loss }).await.is_err() {
+            return Ok(());
         }
         info!(channel = %cfg.channel, "listening");
         loop {

@@ -229,6 +229,22 @@ impl Router {
         self.lock().sockets.len()
     }
 
+    /// How full the fullest socket queue is, 0.0 to 1.0 (frames or bytes, whichever is more).
+    pub fn queue_pressure(&self) -> f64 {
+        let st = self.lock();
+        st.sockets
+            .values()
+            .filter_map(|e| e.handle.as_ref())
+            .map(|h| {
+                let frames = (h.tx.max_capacity() - h.tx.capacity()) as f64
+                    / h.tx.max_capacity().max(1) as f64;
+                let bytes = h.shared.queued_bytes.load(Ordering::Relaxed) as f64
+                    / h.max_queued_bytes.max(1) as f64;
+                frames.max(bytes)
+            })
+            .fold(0.0, f64::max)
+    }
+
     /// Connections, channels holding bindings, and distinct bindings, for `/metrics`.
     pub fn counts(&self) -> (usize, usize, usize) {
         let st = self.lock();

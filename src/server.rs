@@ -15,19 +15,21 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 use warp::http::StatusCode;
 use warp::Filter;
 
-use crate::change::{self, Catalog};
+use crate::change::Catalog;
 use crate::config::{Config, Limits};
 use crate::db::{self, DbError};
-use crate::listener::{self, Event, ListenerConfig};
-use crate::metrics::{parse_commit_timestamp, Gauges, Metrics};
+use crate::dispatch::Dispatcher;
+use crate::listener::{self, ListenerConfig};
+use crate::metrics::{Gauges, Metrics};
 use crate::protocol::Vsn;
 use crate::router::Router;
 use crate::shutdown::{Shutdown, ShutdownController, Tracker};
 use crate::socket::{self, SocketContext};
+use crate::watermark::{self, Markers};
 
 /// How long shutdown waits for sockets to say goodbye and tasks to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -85,6 +87,8 @@ pub async fn run(
     let catalog = Arc::new(Catalog::new(pool.clone()));
 
     let (events_tx, events_rx) = mpsc::channel(limits.change_buffer.max(1));
+    let markers = Arc::new(Markers::new(pool.clone(), config.channel.clone()));
+    let (watermark_tx, _watermark_rx) = watch::channel(None);
     let (listening_tx, listening) = watch::channel(false);
     let mut listen_pg = db::pg_config(&config.database_url)?;
     // Named apart from the pool so a DBA can tell it in pg_stat_activity.
@@ -106,10 +110,25 @@ pub async fn run(
         let tracker = controller.tracker();
         let router = router.clone();
         let catalog = catalog.clone();
-        let pool = pool.clone();
-        let metrics = metrics.clone();
+        let dispatcher = Dispatcher::new(
+            catalog,
+            router,
+            pool.clone(),
+            metrics.clone(),
+            markers.clone(),
+            watermark_tx,
+        );
         tokio::spawn(async move {
-            dispatch(events_rx, &catalog, &router, &pool, &metrics).await;
+            dispatcher.run(events_rx).await;
+            drop(tracker);
+        });
+    }
+    {
+        let tracker = controller.tracker();
+        let shutdown = controller.subscribe();
+        let every = limits.marker_interval;
+        tokio::spawn(async move {
+            watermark::run(markers, every, shutdown).await;
             drop(tracker);
         });
     }
@@ -168,61 +187,6 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
-}
-
-/// The one consumer of listener events: decode each change once, route it, queue its frames.
-async fn dispatch(
-    mut events: mpsc::Receiver<Event>,
-    catalog: &Catalog,
-    router: &Router,
-    pool: &deadpool_postgres::Pool,
-    metrics: &Metrics,
-) {
-    let mut last_seq = 0i64;
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Notification(payload) => match change::decode(&payload, catalog).await {
-                Ok(change) => {
-                    last_seq = last_seq.max(change.seq);
-                    Metrics::inc(&metrics.changes_total);
-                    router.deliver(&change);
-                    if let Some(at) = parse_commit_timestamp(&change.commit_timestamp) {
-                        let lag = chrono::Utc::now() - at;
-                        metrics
-                            .commit_to_send
-                            .observe(lag.to_std().unwrap_or_default());
-                    }
-                }
-                Err(err) => {
-                    Metrics::inc(&metrics.changes_dropped_total);
-                    error!(error_code = err.code(), cause = %err, payload = %truncated(&payload), "change dropped")
-                }
-            },
-            Event::Resumed { down_for } => {
-                Metrics::inc(&metrics.listener_reconnects_total);
-                Metrics::inc(&metrics.gaps_total);
-                let missed = match db::last_seq(pool).await {
-                    Ok(now) if last_seq > 0 => format!("{}", (now - last_seq).max(0)),
-                    Ok(_) => "unknown".into(),
-                    Err(e) => format!("unknown ({e})"),
-                };
-                warn!(down_for = ?down_for, missed_changes = %missed, error_code = "ListenerGap",
-                      "listener resumed; changes committed while it was down were not delivered");
-                router.notify_pg_channels(
-                    "error",
-                    "The relay lost its database connection for a moment: changes made \
-                     meanwhile may be missing. Refetch to be sure.",
-                );
-            }
-        }
-    }
-}
-
-fn truncated(s: &str) -> &str {
-    match s.char_indices().nth(200) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 fn routes(

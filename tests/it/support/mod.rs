@@ -451,3 +451,77 @@ pub fn metric(body: &str, name: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("metric {name} missing in:\n{body}"))
 }
+
+/// A TCP proxy in front of PostgreSQL that a test can cut: `cut()` drops every proxied
+/// connection and refuses new ones until `restore()`.
+#[derive(Debug)]
+pub struct Proxy {
+    pub port: u16,
+    up: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Proxy {
+    pub async fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let up = std::sync::Arc::new(up);
+        let state = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*state.borrow() {
+                    drop(inbound); // refused while cut
+                    continue;
+                }
+                let mut down = state.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, up }
+    }
+
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+
+    /// `url` with its host and port replaced by the proxy's.
+    pub fn url_for(&self, db: &TestDb) -> String {
+        let mut cfg: tokio_postgres::Config = db.url.parse().expect("url");
+        cfg.host("127.0.0.1").port(self.port);
+        let user = cfg.get_user().unwrap_or("postgres").to_owned();
+        format!("postgres://{user}@127.0.0.1:{}/{}", self.port, db.name)
+    }
+}
+
+/// Host and port of the test PostgreSQL.
+pub fn pg_addr() -> std::net::SocketAddr {
+    let cfg: tokio_postgres::Config = admin_url().parse().expect("url");
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let host = if host == "localhost" {
+        "127.0.0.1".into()
+    } else {
+        host
+    };
+    format!("{host}:{port}").parse().expect("pg addr")
+}
