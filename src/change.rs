@@ -80,21 +80,46 @@ impl ChangeError {
 
 /// The payload the triggers send (triggers/000_notify_change.sql).
 #[derive(Debug, Deserialize)]
-struct Wire {
-    v: u32,
-    seq: i64,
-    schema: String,
-    table: String,
+pub struct Wire {
+    pub v: u32,
+    pub seq: i64,
+    pub schema: String,
+    pub table: String,
     #[serde(rename = "type")]
-    op: Op,
-    commit_timestamp: String,
+    pub op: Op,
+    pub commit_timestamp: String,
     #[serde(default)]
-    record: Option<Row>,
+    pub record: Option<Row>,
     #[serde(default)]
-    old_record: Option<Row>,
+    pub old_record: Option<Row>,
     /// Set when the row was too large for NOTIFY: the full change is in the change log.
     #[serde(default, rename = "ref")]
-    is_ref: bool,
+    pub is_ref: bool,
+}
+
+/// A payload parsed without any I/O.
+#[derive(Debug)]
+pub enum Parsed {
+    Marker(Marker),
+    Change(Wire),
+}
+
+/// Parse a NOTIFY payload: pure, so it can be fuzzed; `decode` adds the I/O.
+///
+/// # Errors
+/// Not JSON of either shape, or a payload version this relay does not know.
+pub fn parse_payload(payload: &str) -> Result<Parsed, ChangeError> {
+    if payload.starts_with(MARKER_PREFIX) {
+        return serde_json::from_str(payload)
+            .map(Parsed::Marker)
+            .map_err(|e| ChangeError::Malformed(e.to_string()));
+    }
+    let wire: Wire =
+        serde_json::from_str(payload).map_err(|e| ChangeError::Malformed(e.to_string()))?;
+    if wire.v != 1 {
+        return Err(ChangeError::Version(wire.v));
+    }
+    Ok(Parsed::Change(wire))
 }
 
 /// A watermark marker: proof that every transaction visible in `snapshot` has been delivered,
@@ -126,16 +151,10 @@ pub enum Notice {
 /// A payload that is not a pgrelay change, a reference whose log row is gone, or a database
 /// error while reading the log or the catalog.
 pub async fn decode(payload: &str, catalog: &Catalog) -> Result<Notice, ChangeError> {
-    if payload.starts_with(MARKER_PREFIX) {
-        return serde_json::from_str(payload)
-            .map(Notice::Marker)
-            .map_err(|e| ChangeError::Malformed(e.to_string()));
-    }
-    let wire: Wire =
-        serde_json::from_str(payload).map_err(|e| ChangeError::Malformed(e.to_string()))?;
-    if wire.v != 1 {
-        return Err(ChangeError::Version(wire.v));
-    }
+    let wire = match parse_payload(payload)? {
+        Parsed::Marker(m) => return Ok(Notice::Marker(m)),
+        Parsed::Change(wire) => wire,
+    };
     let (record, old_record) = if wire.is_ref {
         let logged = db::read_change(&catalog.pool, wire.seq)
             .await?
