@@ -46,10 +46,11 @@ pub enum TriggersCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL connection URL. The LISTEN session needs a direct connection to the primary
-    /// (not through a transaction-pooling PgBouncer).
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
-    pub database_url: String,
+    /// PostgreSQL connection URL [default: postgres://postgres@127.0.0.1:5432/postgres]. The
+    /// LISTEN session needs a direct connection to the primary (not through a
+    /// transaction-pooling PgBouncer).
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
 
     /// Connections in the pool used for everything but LISTEN (catalog reads, change-log reads).
     #[arg(long, env = "PGRELAY_POOL_SIZE", default_value_t = 8, global = true)]
@@ -77,8 +78,43 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub triggers: TriggersArgs,
 
+    /// How long to keep retrying an unreachable database at startup before giving up
+    /// (`forever`, or e.g. `30s`). Default: for ever when DATABASE_URL is set (a service
+    /// started before its database), 0 otherwise (a developer wants to know now).
+    #[arg(long, env = "PGRELAY_STARTUP_TIMEOUT", value_parser = parse_timeout)]
+    pub startup_timeout: Option<Timeout>,
+
+    /// How long changes stay in the change log: catch-up after a disconnect and server-sent
+    /// event resumes reach back this far.
+    #[arg(long, env = "PGRELAY_RETENTION", default_value = "15m", value_parser = parse_duration)]
+    pub retention: Duration,
+
     #[command(flatten)]
     pub limits: Limits,
+}
+
+/// A duration or `forever`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    Forever,
+    After(Duration),
+}
+
+impl Timeout {
+    pub fn as_option(self) -> Option<Duration> {
+        match self {
+            Timeout::Forever => None,
+            Timeout::After(d) => Some(d),
+        }
+    }
+}
+
+pub fn parse_timeout(s: &str) -> Result<Timeout, String> {
+    if s.trim().eq_ignore_ascii_case("forever") {
+        Ok(Timeout::Forever)
+    } else {
+        parse_duration(s).map(Timeout::After)
+    }
 }
 
 /// Limits, named after Supabase Realtime's where it has one. Each bounds memory or work that a
@@ -156,6 +192,11 @@ pub struct Config {
     pub pool_size: usize,
     pub channel: String,
     pub triggers_dir: Option<PathBuf>,
+    /// How long to keep retrying an unreachable database at startup; `None`: for ever.
+    pub startup_timeout: Option<Duration>,
+    /// How long changes stay in the change log (catch-up and server-sent events reach back
+    /// this far).
+    pub retention: Duration,
     pub limits: Limits,
 }
 
@@ -167,6 +208,8 @@ impl Config {
             pool_size: 8,
             channel: "pgrelay".to_owned(),
             triggers_dir: None,
+            startup_timeout: Some(Duration::ZERO),
+            retention: Duration::from_secs(15 * 60),
             limits: Limits::default(),
         }
     }
@@ -249,7 +292,11 @@ mod tests {
     fn cli_defaults() {
         let cli = Cli::parse_from(["pgrelay"]);
         assert!(cli.command.is_none());
-        assert_eq!(cli.database.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(parse_timeout("forever"), Ok(Timeout::Forever));
+        assert_eq!(
+            parse_timeout("3s"),
+            Ok(Timeout::After(Duration::from_secs(3)))
+        );
         let cli = Cli::parse_from(["pgrelay", "serve", "--listen", "127.0.0.1:0"]);
         match cli.command {
             Some(Command::Serve(args)) => {

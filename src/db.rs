@@ -57,9 +57,24 @@ pub enum DbError {
 impl DbError {
     /// True when the error is about reaching the server, not about a statement: worth retrying.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, DbError::Unreachable { .. } | DbError::Pool(_))
-            || matches!(self, DbError::Query(e) if e.is_closed())
+        match self {
+            DbError::Unreachable { cause, .. } => !is_permanent(cause),
+            DbError::Pool(_) => true,
+            DbError::Query(e) => e.is_closed(),
+            _ => false,
+        }
     }
+}
+
+/// Server answers that waiting will not fix: wrong credentials or database name.
+fn is_permanent(cause: &str) -> bool {
+    [
+        "password authentication failed",
+        "does not exist",
+        "no pg_hba.conf entry",
+    ]
+    .iter()
+    .any(|m| cause.contains(m))
 }
 
 /// Parse the URL and set the socket options every relay connection wants.
@@ -96,11 +111,10 @@ pub fn describe(cfg: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{db}")
 }
 
-/// Build the pool and prove it can connect, so a bad URL or a dead server fails at startup
-/// with one clear line.
-pub async fn connect_pool(url: &str, size: usize) -> Result<Pool, DbError> {
+/// Build the pool. Connections are made on first use, so a bad URL fails here and an
+/// unreachable server shows up in [`check`].
+pub fn build_pool(url: &str, size: usize) -> Result<Pool, DbError> {
     let cfg = pg_config(url)?;
-    let target = describe(&cfg);
     let mgr = Manager::from_config(
         cfg,
         NoTls,
@@ -108,18 +122,31 @@ pub async fn connect_pool(url: &str, size: usize) -> Result<Pool, DbError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    let pool = Pool::builder(mgr)
+    Pool::builder(mgr)
         .max_size(size.max(1))
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
         .build()
-        .map_err(|e| DbError::Pool(e.to_string()))?;
-    let probe = pool.get().await.map_err(|e| DbError::Unreachable {
-        target,
-        cause: pool_cause(e),
-    })?;
-    drop(probe);
+        .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// Prove the pool can connect, naming the server in the error.
+pub async fn check(pool: &Pool, url: &str) -> Result<(), DbError> {
+    match pool.get().await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(DbError::Unreachable {
+            target: pg_config(url).map(|c| describe(&c)).unwrap_or_default(),
+            cause: pool_cause(e),
+        }),
+    }
+}
+
+/// Build the pool and prove it can connect, so a bad URL or a dead server fails with one
+/// clear line (the one-shot commands).
+pub async fn connect_pool(url: &str, size: usize) -> Result<Pool, DbError> {
+    let pool = build_pool(url, size)?;
+    check(&pool, url).await?;
     Ok(pool)
 }
 

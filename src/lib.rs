@@ -15,10 +15,12 @@
 //! - [`socket`]: one task per client: reads, replies, batched writes, timeouts.
 //! - [`server`]: routes, admission, task tracking, shutdown.
 //! - [`metrics`]: counters and histograms, rendered at `/metrics`.
+//! - [`cleanup`]: pruning the change log.
 //! - [`shutdown`]: the shutdown signal and completion tracking.
 
 pub mod change;
 pub mod channel;
+pub mod cleanup;
 pub mod config;
 pub mod db;
 pub mod dispatch;

@@ -42,6 +42,9 @@ pub enum ListenError {
     ProbeTimeout(Duration),
 }
 
+/// Above this fraction of `pg_notification_queue_usage()` the probe logs a warning.
+const QUEUE_USAGE_WARNING: f64 = 0.10;
+
 /// Backoff between reconnect attempts: fast first, capped so a long outage costs little.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -144,9 +147,15 @@ async fn session(
         loop {
             tokio::time::sleep(cfg.probe_every).await;
             trace!("probing listen session");
-            match tokio::time::timeout(cfg.probe_every, client.simple_query("SELECT 1")).await {
+            // The probe is read-only and doubles as the NOTIFY queue's health check.
+            let probe = client.query_one("SELECT pg_notification_queue_usage()", &[]);
+            match tokio::time::timeout(cfg.probe_every, probe).await {
                 Ok(r) => {
-                    r?;
+                    let usage: f64 = r?.try_get(0)?;
+                    if usage > QUEUE_USAGE_WARNING {
+                        warn!(usage, error_code = "NotifyQueueFilling",
+                              "the cluster-wide NOTIFY queue is filling: a listener somewhere is not reading (or a transaction on its session stays open); notifying commits fail when it is full");
+                    }
                 }
                 Err(_) if blocked.load(Ordering::Relaxed) => {
                     debug!("probe delayed by back-pressure; session still considered alive")

@@ -8,7 +8,9 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use pgrelay::config::{Cli, Command, ServeArgs, TriggersArgs, TriggersCommand};
+use pgrelay::config::{
+    Cli, Command, ServeArgs, TriggersArgs, TriggersCommand, DEFAULT_DATABASE_URL,
+};
 use pgrelay::{db, server, Config};
 
 fn main() -> ExitCode {
@@ -39,14 +41,17 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let db = cli.database;
+    // An explicitly configured database may still be starting (a compose service): wait for
+    // it. The built-in default is a developer's local server: say at once if it is not there.
+    let explicit = db.database_url.is_some();
+    let url = db
+        .database_url
+        .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
     match cli.command {
-        None => {
-            let args = ServeArgs::parse_default();
-            serve(db.database_url, db.pool_size, args).await
-        }
-        Some(Command::Serve(args)) => serve(db.database_url, db.pool_size, args).await,
+        None => serve(url, explicit, db.pool_size, ServeArgs::parse_default()).await,
+        Some(Command::Serve(args)) => serve(url, explicit, db.pool_size, args).await,
         Some(Command::Migrate) => {
-            let pool = db::connect_pool(&db.database_url, 1).await?;
+            let pool = db::connect_pool(&url, 1).await?;
             let applied = db::migrate(&pool).await?;
             if applied.is_empty() {
                 println!("schema is up to date");
@@ -62,7 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     channel,
                 }),
         }) => {
-            let pool = db::connect_pool(&db.database_url, 1).await?;
+            let pool = db::connect_pool(&url, 1).await?;
             let (source, files) = db::apply_triggers(&pool, triggers_dir.as_deref(), &channel)
                 .await
                 .context("applying triggers")?;
@@ -72,15 +77,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(database_url: String, pool_size: usize, args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(
+    database_url: String,
+    explicit_url: bool,
+    pool_size: usize,
+    args: ServeArgs,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let startup_timeout = match args.startup_timeout {
+        Some(t) => t.as_option(),
+        None if explicit_url => None,
+        None => Some(std::time::Duration::ZERO),
+    };
     let config = Config {
         database_url,
         pool_size,
         channel: args.triggers.channel,
         triggers_dir: args.triggers.triggers_dir,
+        startup_timeout,
+        retention: args.retention,
         limits: args.limits,
     };
     server::run(config, listener, shutdown_signal()).await?;

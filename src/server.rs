@@ -20,6 +20,7 @@ use warp::http::StatusCode;
 use warp::Filter;
 
 use crate::change::Catalog;
+use crate::cleanup;
 use crate::config::{Config, Limits};
 use crate::db::{self, DbError};
 use crate::dispatch::Dispatcher;
@@ -33,16 +34,12 @@ use crate::watermark::{self, Markers};
 
 /// How long shutdown waits for sockets to say goodbye and tasks to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-/// How long startup waits for the first LISTEN.
-const LISTEN_STARTUP: Duration = Duration::from_secs(15);
 
 /// Why the relay could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("LISTEN did not become active within {0:?}: is the database a primary, reached directly (not through a transaction pooler)?")]
-    ListenTimeout(Duration),
 }
 
 /// Shared by every route and task.
@@ -58,125 +55,129 @@ struct Relay {
     connections: Arc<Semaphore>,
     shutdown: Shutdown,
     tracker: Tracker,
+    /// True once the database is set up (migrated, triggers applied); sockets are refused
+    /// until then.
+    started: watch::Receiver<bool>,
+    /// True while the LISTEN session is active.
     listening: watch::Receiver<bool>,
+    /// Latest watermark snapshot, for readers of the change log.
+    #[allow(dead_code)] // read by server-sent events (next)
+    watermark: watch::Receiver<Option<String>>,
+}
+
+impl Relay {
+    fn is_ready(&self) -> bool {
+        *self.started.borrow() && *self.listening.borrow()
+    }
 }
 
 /// Run the relay on an already bound listener until `shutdown` completes.
 ///
+/// HTTP is served at once (`/health`, and `/ready` answering 503) while the database is set
+/// up: connect (retried while it is unreachable, for up to `config.startup_timeout`),
+/// migrate, apply the triggers, start LISTEN. Then WebSocket clients are admitted.
+///
 /// # Errors
-/// Startup failures: bad URL, unreachable database, failed migration or trigger SQL, LISTEN
-/// not becoming active. Once serving, database trouble is retried, never returned.
+/// Startup failures: bad URL, database unreachable past the startup timeout, failed migration
+/// or trigger SQL. Once serving, database trouble is retried, never returned.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let pool = db::connect_pool(&config.database_url, config.pool_size).await?;
-    let applied = db::migrate(&pool).await?;
-    if !applied.is_empty() {
-        info!(migrations = ?applied, "schema migrated");
-    }
-    let (source, files) =
-        db::apply_triggers(&pool, config.triggers_dir.as_deref(), &config.channel).await?;
-    info!(source = %source, files, channel = %config.channel, "triggers applied");
-
+    let pool = db::build_pool(&config.database_url, config.pool_size)?;
     let controller = ShutdownController::new();
     let limits = Arc::new(config.limits.clone());
     let metrics = Arc::new(Metrics::default());
     let router = Arc::new(Router::new(metrics.clone()));
     let catalog = Arc::new(Catalog::new(pool.clone()));
-
-    let (events_tx, events_rx) = mpsc::channel(limits.change_buffer.max(1));
-    let markers = Arc::new(Markers::new(pool.clone(), config.channel.clone()));
-    let (watermark_tx, _watermark_rx) = watch::channel(None);
+    let (started_tx, started) = watch::channel(false);
     let (listening_tx, listening) = watch::channel(false);
-    let mut listen_pg = db::pg_config(&config.database_url)?;
-    // Named apart from the pool so a DBA can tell it in pg_stat_activity.
-    listen_pg.application_name("pgrelay listener");
-    let listener_cfg = ListenerConfig {
-        pg: listen_pg,
-        channel: config.channel.clone(),
-        probe_every: limits.listener_probe,
-    };
-    {
-        let tracker = controller.tracker();
-        let shutdown = controller.subscribe();
-        tokio::spawn(async move {
-            listener::run(listener_cfg, events_tx, listening_tx, shutdown).await;
-            drop(tracker);
-        });
-    }
-    {
-        let tracker = controller.tracker();
-        let router = router.clone();
-        let catalog = catalog.clone();
-        let dispatcher = Dispatcher::new(
-            catalog,
-            router,
-            pool.clone(),
-            metrics.clone(),
-            markers.clone(),
-            watermark_tx,
-        );
-        tokio::spawn(async move {
-            dispatcher.run(events_rx).await;
-            drop(tracker);
-        });
-    }
-    {
-        let tracker = controller.tracker();
-        let shutdown = controller.subscribe();
-        let every = limits.marker_interval;
-        tokio::spawn(async move {
-            watermark::run(markers, every, shutdown).await;
-            drop(tracker);
-        });
-    }
-
-    let mut ready = listening.clone();
-    if tokio::time::timeout(LISTEN_STARTUP, ready.wait_for(|l| *l))
-        .await
-        .is_err()
-    {
-        controller.shutdown().await;
-        return Err(ServerError::ListenTimeout(LISTEN_STARTUP));
-    }
+    let (watermark_tx, watermark) = watch::channel(None);
 
     let relay = Arc::new(Relay {
-        router,
-        catalog,
-        metrics,
-        pool,
+        router: router.clone(),
+        catalog: catalog.clone(),
+        metrics: metrics.clone(),
+        pool: pool.clone(),
         limits: limits.clone(),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         shutdown: controller.subscribe(),
         tracker: controller.tracker(),
+        started,
         listening,
+        watermark,
     });
     let addr = listener.local_addr().ok();
     info!(addr = %addr.map_or_else(|| "?".into(), |a: SocketAddr| a.to_string()), "pgrelay listening");
 
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let http_stop = {
+    // HTTP first, so /health and /ready answer while the database is set up.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http = {
         let mut rx = stop_rx.clone();
-        async move {
+        let stop = async move {
             let _ = rx.wait_for(|s| *s).await;
-        }
+        };
+        tokio::spawn(
+            warp::serve(routes(relay.clone()))
+                .incoming(listener)
+                .graceful(stop)
+                .run(),
+        )
     };
-    warp::serve(routes(relay.clone()))
-        .incoming(listener)
-        .graceful(http_stop)
-        .run()
-        .await;
-    let _ = stop_rx.wait_for(|s| *s).await;
+    let user_stop = {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+    };
 
+    let setup = async {
+        wait_for_database(&pool, &config).await?;
+        let applied = db::migrate(&pool).await?;
+        if !applied.is_empty() {
+            info!(migrations = ?applied, "schema migrated");
+        }
+        let (source, files) =
+            db::apply_triggers(&pool, config.triggers_dir.as_deref(), &config.channel).await?;
+        info!(source = %source, files, channel = %config.channel, "triggers applied");
+        Ok::<_, ServerError>(())
+    };
+    let mut stopping = stop_rx.clone();
+    let setup_result = tokio::select! {
+        r = setup => r,
+        _ = stopping.wait_for(|s| *s) => Ok(()),
+    };
+    if let Err(e) = setup_result {
+        let _ = stop_tx.send(true);
+        user_stop.abort();
+        let _ = http.await;
+        drop(relay);
+        controller.shutdown().await;
+        return Err(e);
+    }
+
+    if !*stop_rx.borrow() {
+        start_pipeline(
+            &config,
+            &controller,
+            &pool,
+            router,
+            catalog,
+            metrics,
+            listening_tx,
+            watermark_tx,
+        )?;
+        let _ = started_tx.send(true);
+    }
+
+    let _ = http.await;
+    let mut stopping = stop_rx.clone();
+    let _ = stopping.wait_for(|s| *s).await;
     info!(
         sockets = relay.router.socket_count(),
-        "shutting down: closing sockets"
+        "shutting down: flushing and closing sockets"
     );
     drop(relay);
     if tokio::time::timeout(DRAIN_DEADLINE, controller.shutdown())
@@ -186,6 +187,89 @@ pub async fn run(
         warn!(deadline = ?DRAIN_DEADLINE, "some tasks did not finish before the deadline");
     }
     info!("stopped");
+    Ok(())
+}
+
+/// Wait until the pool can connect. An unreachable database is retried with backoff, for up
+/// to `startup_timeout` (`None`: for ever); any other failure is returned at once.
+async fn wait_for_database(
+    pool: &deadpool_postgres::Pool,
+    config: &Config,
+) -> Result<(), ServerError> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let err = match db::check(pool, &config.database_url).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_unreachable() => e,
+            Err(e) => return Err(e.into()),
+        };
+        let waited = started.elapsed();
+        match config.startup_timeout {
+            Some(limit) if waited + backoff > limit => return Err(err.into()),
+            _ => {}
+        }
+        warn!(cause = %err, retry_in = ?backoff, "database not reachable yet; /ready answers 503 until it is");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Start the listener, the dispatcher and the side loops, each tracked for shutdown.
+#[allow(clippy::too_many_arguments)]
+fn start_pipeline(
+    config: &Config,
+    controller: &ShutdownController,
+    pool: &deadpool_postgres::Pool,
+    router: Arc<Router>,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    listening_tx: watch::Sender<bool>,
+    watermark_tx: watch::Sender<Option<String>>,
+) -> Result<(), ServerError> {
+    let limits = &config.limits;
+    let (events_tx, events_rx) = mpsc::channel(limits.change_buffer.max(1));
+    let markers = Arc::new(Markers::new(pool.clone(), config.channel.clone()));
+    let mut listen_pg = db::pg_config(&config.database_url)?;
+    // Named apart from the pool so a DBA can tell it in pg_stat_activity.
+    listen_pg.application_name("pgrelay listener");
+    let listener_cfg = ListenerConfig {
+        pg: listen_pg,
+        channel: config.channel.clone(),
+        probe_every: limits.listener_probe,
+    };
+    let spawn = |task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
+        let tracker = controller.tracker();
+        tokio::spawn(async move {
+            task.await;
+            drop(tracker);
+        });
+    };
+    spawn(Box::pin(listener::run(
+        listener_cfg,
+        events_tx,
+        listening_tx,
+        controller.subscribe(),
+    )));
+    let dispatcher = Dispatcher::new(
+        catalog,
+        router,
+        pool.clone(),
+        metrics,
+        markers.clone(),
+        watermark_tx,
+    );
+    spawn(Box::pin(dispatcher.run(events_rx)));
+    spawn(Box::pin(watermark::run(
+        markers,
+        limits.marker_interval,
+        controller.subscribe(),
+    )));
+    spawn(Box::pin(cleanup::run_pruner(
+        pool.clone(),
+        config.retention,
+        controller.subscribe(),
+    )));
     Ok(())
 }
 
@@ -230,10 +314,15 @@ fn routes(
     let ready = warp::path!("ready")
         .and(with_relay)
         .map(|relay: Arc<Relay>| {
-            if *relay.listening.borrow() {
+            if relay.is_ready() {
                 warp::reply::with_status("ready", StatusCode::OK)
-            } else {
+            } else if *relay.started.borrow() {
                 warp::reply::with_status("not listening", StatusCode::SERVICE_UNAVAILABLE)
+            } else {
+                warp::reply::with_status(
+                    "waiting for the database",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
             }
         });
     websocket
@@ -265,6 +354,12 @@ fn upgrade(ws: warp::ws::Ws, query: String, relay: Arc<Relay>) -> warp::reply::R
     };
     if relay.shutdown.is_shutdown() {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "Realtime is restarting");
+    }
+    if !*relay.started.borrow() {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Realtime is starting: waiting for the database",
+        );
     }
     let Ok(permit) = relay.connections.clone().try_acquire_owned() else {
         return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");

@@ -31,6 +31,8 @@ use crate::shutdown::Shutdown;
 /// A write that takes longer than this means the client stopped reading; the socket is closed
 /// rather than holding its task (and queue memory) forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a socket may spend writing its queue when the relay shuts down.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 /// How much of the queue one batch writes before flushing.
 const WRITE_BATCH: usize = 256;
 
@@ -87,8 +89,12 @@ where
         ctx,
         channels: Channels::default(),
     };
-    let end = socket.serve(rx, &shared).await;
+    let mut rx = rx;
+    let end = socket.serve(&mut rx, &shared).await;
     socket.ctx.router.remove_socket(id);
+    if matches!(end, End::Shutdown) {
+        socket.flush_queue(&mut rx, &shared).await;
+    }
     socket.close(&end).await;
     match &end {
         End::ClientClosed | End::Shutdown => debug!(reason = ?end, "disconnected"),
@@ -104,7 +110,7 @@ where
     <S as Sink<Message>>::Error: Display,
     E: Display,
 {
-    async fn serve(&mut self, mut rx: mpsc::Receiver<Outbound>, shared: &SocketShared) -> End {
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<Outbound>, shared: &SocketShared) -> End {
         let mut shutdown = self.ctx.shutdown.clone();
         let idle = self.ctx.limits.heartbeat_timeout;
         let mut deadline = Instant::now() + idle;
@@ -128,7 +134,7 @@ where
                     }
                 }
                 Some(first) = rx.recv() => {
-                    if let Err(e) = self.write_batch(first, &mut rx, shared).await {
+                    if let Err(e) = self.write_batch(first, rx, shared).await {
                         return End::Transport(e);
                     }
                 }
@@ -168,6 +174,19 @@ where
             Ok(r) => r,
             Err(_) => Err(format!("write timed out after {WRITE_TIMEOUT:?}")),
         }
+    }
+
+    /// On shutdown: write what is already queued, within [`FLUSH_DEADLINE`], so changes the
+    /// relay accepted before stopping still reach the client.
+    async fn flush_queue(&mut self, rx: &mut mpsc::Receiver<Outbound>, shared: &SocketShared) {
+        let flush = async {
+            while let Ok(first) = rx.try_recv() {
+                if self.write_batch(first, rx, shared).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(FLUSH_DEADLINE, flush).await;
     }
 
     /// Write a socket-local frame (a reply, a system message) now.

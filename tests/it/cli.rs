@@ -70,11 +70,32 @@ fn bad_database_url() {
 #[test]
 fn unreachable_database() {
     // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    // An explicit DATABASE_URL waits for the database: give it a bound.
     let out = pgrelay(
         &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres"),
+            ("PGRELAY_STARTUP_TIMEOUT", "0s"),
+        ],
+    );
+    assert_one_clear_line(&out, "cannot connect to PostgreSQL at 127.0.0.1:1/postgres");
+    let out = pgrelay(
+        &["migrate"],
         &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres")],
     );
     assert_one_clear_line(&out, "cannot connect to PostgreSQL at 127.0.0.1:1/postgres");
+}
+
+#[test]
+fn unknown_database_is_not_retried() {
+    let out = pgrelay(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/no_such_db_pgrelay",
+        )],
+    );
+    assert_one_clear_line(&out, "does not exist");
 }
 
 #[test]

@@ -285,3 +285,47 @@ async fn database_connections_cut_for_seconds_lose_and_repeat_nothing() {
     .await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn pruning_deletes_old_changes_in_batches_and_records_the_horizon() {
+    let relay = start_relay().await;
+    let db = relay.db().await;
+    for i in 0..20 {
+        db.execute(
+            "INSERT INTO profiles (username) VALUES ($1)",
+            &[&format!("p{i}")],
+        )
+        .await
+        .unwrap();
+    }
+    // Backdate half of the log, as if it were older than the retention.
+    db.batch_execute(
+        "UPDATE pgrelay.change_log SET created_at = now() - interval '1 hour' \
+         WHERE seq IN (SELECT seq FROM pgrelay.change_log ORDER BY seq LIMIT 10)",
+    )
+    .await
+    .unwrap();
+    let pool = pgrelay::db::build_pool(&relay.db.url, 1).unwrap();
+    let pruned = pgrelay::cleanup::prune_change_log(&pool, Duration::from_secs(15 * 60))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 10);
+    let row = db
+        .query_one(
+            "SELECT count(*), (SELECT max_pruned_xid IS NOT NULL FROM pgrelay.prune_state) \
+             FROM pgrelay.change_log WHERE schema_name = 'public'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 10, "the recent half stays");
+    assert!(row.get::<_, bool>(1), "horizon recorded");
+    // Nothing else is old enough.
+    assert_eq!(
+        pgrelay::cleanup::prune_change_log(&pool, Duration::from_secs(15 * 60))
+            .await
+            .unwrap(),
+        0
+    );
+    relay.stop().await;
+}

@@ -9,5 +9,6 @@ mod cli;
 mod delivery;
 mod faults;
 mod filters;
+mod lifecycle;
 mod ops;
 mod protocol;
