@@ -347,24 +347,40 @@ pub async fn read_change(pool: &Pool, seq: i64) -> Result<Option<LoggedChange>, 
 /// Every change committed after snapshot `after` and visible in snapshot `upto`, in an order
 /// consistent with commit order: transactions by their last `seq` (a transaction that saw
 /// another's commit allocated all its sequence numbers after that one's), changes within a
-/// transaction by `seq`.
+/// transaction by `seq`. Each change comes with its transaction's last `seq`.
+pub async fn read_window_keyed(
+    pool: &Pool,
+    after: &str,
+    upto: &str,
+) -> Result<Vec<(i64, LoggedChange)>, DbError> {
+    let client = client(pool).await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {LOG_COLUMNS}, max(seq) OVER (PARTITION BY xid) AS txmax \
+             FROM pgrelay.change_log \
+             WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot) \
+               AND pg_visible_in_snapshot(xid, $2::text::pg_snapshot) \
+               AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
+             ORDER BY txmax, seq"
+        ))
+        .await?;
+    let rows = client.query(&stmt, &[&after, &upto]).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(7)?, logged(r)?)))
+        .collect()
+}
+
+/// [`read_window_keyed`] without the keys.
 pub async fn read_window(
     pool: &Pool,
     after: &str,
     upto: &str,
 ) -> Result<Vec<LoggedChange>, DbError> {
-    let client = client(pool).await?;
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {LOG_COLUMNS} FROM pgrelay.change_log \
-             WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot) \
-               AND pg_visible_in_snapshot(xid, $2::text::pg_snapshot) \
-               AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
-             ORDER BY max(seq) OVER (PARTITION BY xid), seq"
-        ))
-        .await?;
-    let rows = client.query(&stmt, &[&after, &upto]).await?;
-    rows.iter().map(logged).collect()
+    Ok(read_window_keyed(pool, after, upto)
+        .await?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect())
 }
 
 /// Whether pruning may have removed a change committed after `snapshot`: true when some pruned

@@ -13,6 +13,7 @@
 //! - [`protocol`]: the Phoenix wire format (vsn 1.0.0 and 2.0.0).
 //! - [`channel`]: joins, bindings and their ids, leaves.
 //! - [`socket`]: one task per client: reads, replies, batched writes, timeouts.
+//! - [`sse`]: server-sent events read from the change log, resumable by `Last-Event-ID`.
 //! - [`server`]: routes, admission, task tracking, shutdown.
 //! - [`metrics`]: counters and histograms, rendered at `/metrics`.
 //! - [`cleanup`]: pruning the change log.
@@ -32,6 +33,7 @@ pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod socket;
+pub mod sse;
 pub mod watermark;
 
 pub use config::Config;

@@ -128,6 +128,20 @@ pub struct NewBinding {
     pub id: u32,
 }
 
+impl NewBinding {
+    /// Whether this binding wants `change` (for readers outside the router: server-sent
+    /// events).
+    pub fn matches(&self, change: &Change) -> bool {
+        let in_scope = match &self.scope {
+            Scope::Table { schema, table } => *schema == change.schema && *table == change.table,
+            Scope::Wildcard { schema } => schema.as_ref().is_none_or(|s| *s == change.schema),
+        };
+        in_scope
+            && self.event.is_none_or(|e| e == change.op)
+            && matches(self.filter.as_ref(), change)
+    }
+}
+
 type BindingId = u64;
 type SubKey = (SocketId, Arc<str>);
 

@@ -30,6 +30,7 @@ use crate::protocol::Vsn;
 use crate::router::Router;
 use crate::shutdown::{Shutdown, ShutdownController, Tracker};
 use crate::socket::{self, SocketContext};
+use crate::sse;
 use crate::watermark::{self, Markers};
 
 /// How long shutdown waits for sockets to say goodbye and tasks to finish.
@@ -61,7 +62,6 @@ struct Relay {
     /// True while the LISTEN session is active.
     listening: watch::Receiver<bool>,
     /// Latest watermark snapshot, for readers of the change log.
-    #[allow(dead_code)] // read by server-sent events (next)
     watermark: watch::Receiver<Option<String>>,
 }
 
@@ -172,9 +172,12 @@ pub async fn run(
         let _ = started_tx.send(true);
     }
 
-    let _ = http.await;
     let mut stopping = stop_rx.clone();
     let _ = stopping.wait_for(|s| *s).await;
+    // Tasks stop now too: server-sent event streams are HTTP responses that warp's graceful
+    // shutdown would otherwise wait on for ever.
+    controller.signal();
+    let _ = http.await;
     info!(
         sockets = relay.router.socket_count(),
         "shutting down: flushing and closing sockets"
@@ -312,7 +315,7 @@ fn routes(
                 )
             });
     let ready = warp::path!("ready")
-        .and(with_relay)
+        .and(with_relay.clone())
         .map(|relay: Arc<Relay>| {
             if relay.is_ready() {
                 warp::reply::with_status("ready", StatusCode::OK)
@@ -325,13 +328,65 @@ fn routes(
                 )
             }
         });
+    let changes = warp::path!("api" / "v1" / "changes")
+        .and(warp::get())
+        .and(raw_query)
+        .and(warp::header::optional::<String>("last-event-id"))
+        .and(with_relay.clone())
+        .then(server_sent_events);
     websocket
+        .or(changes)
         .or(health)
         .or(metrics)
         .or(ready)
         .recover(|_rej: warp::Rejection| async {
             Ok::<_, Infallible>(json_error(StatusCode::NOT_FOUND, "Not found"))
         })
+}
+
+/// `GET /api/v1/changes`: validate, then stream from the change log (see `sse`).
+async fn server_sent_events(
+    query: String,
+    last_event_id: Option<String>,
+    relay: Arc<Relay>,
+) -> warp::reply::Response {
+    use warp::Reply;
+    if !relay.is_ready() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Realtime is starting");
+    }
+    let start = match last_event_id.as_deref().map(sse::Position::parse) {
+        None => None,
+        Some(Some(p)) => Some(p),
+        Some(None) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &sse::SseError::BadLastEventId.to_string(),
+            )
+        }
+    };
+    let binding = match sse::binding_from_query(&relay.catalog, &parse_query(&query)).await {
+        Ok(b) => b,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let (tx, rx) = sse::channel();
+    let tracker = relay.tracker.clone();
+    let mut shutdown = relay.shutdown.clone();
+    let feeder = sse::stream(
+        relay.pool.clone(),
+        relay.catalog.clone(),
+        binding,
+        start,
+        relay.watermark.clone(),
+        tx,
+    );
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = feeder => {}
+            _ = shutdown.recv() => {}
+        }
+        drop(tracker);
+    });
+    warp::sse::reply(warp::sse::keep_alive().stream(sse::body(rx))).into_response()
 }
 
 fn json_error(status: StatusCode, message: &str) -> warp::reply::Response {

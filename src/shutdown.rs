@@ -68,6 +68,11 @@ impl ShutdownController {
         }
     }
 
+    /// Tell every task to stop (without waiting).
+    pub fn signal(&self) {
+        let _ = self.tx.send(true);
+    }
+
     /// Signal every task, then wait until all trackers are dropped.
     pub async fn shutdown(self) {
         let ShutdownController {

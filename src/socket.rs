@@ -33,6 +33,8 @@ use crate::shutdown::Shutdown;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a socket may spend writing its queue when the relay shuts down.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
+/// How long a cut-off socket is given to take its `system` message and close frame.
+const GOODBYE_DEADLINE: Duration = Duration::from_secs(5);
 /// How much of the queue one batch writes before flushing.
 const WRITE_BATCH: usize = 256;
 
@@ -168,7 +170,12 @@ where
             }
             self.ws.flush().await.map_err(|e| e.to_string())
         };
-        let result = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+        // A cut-off interrupts a write that the client is not reading, so the socket can
+        // say why and close now rather than after the write timeout.
+        let result = tokio::select! {
+            r = tokio::time::timeout(WRITE_TIMEOUT, write) => r,
+            _ = shared.cut() => Ok(Ok(())),
+        };
         shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         match result {
             Ok(r) => r,
@@ -412,13 +419,14 @@ where
                     }
                     self.ws.flush().await
                 };
-                let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+                // A slow client may still be reading its backlog: give it time to get this.
+                let _ = tokio::time::timeout(GOODBYE_DEADLINE, goodbye).await;
                 Some((why.code, why.reason.to_owned()))
             }
         };
         if let Some((code, reason)) = frame {
             let _ = tokio::time::timeout(
-                Duration::from_secs(1),
+                GOODBYE_DEADLINE,
                 self.ws.send(Message::close_with(code, reason)),
             )
             .await;

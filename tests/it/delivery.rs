@@ -400,13 +400,46 @@ async fn slow_client_is_cut_off_while_another_receives_everything() {
     let bindings = json!([{"event":"*","schema":"public","table":"profiles"}]);
     let mut fast = relay.ws("2.0.0").await;
     fast.subscribe("realtime:fast", bindings.clone()).await;
-    // The slow client subscribes, then never reads again.
+    // A dead client: subscribes, then never reads again.
+    let mut dead = relay.ws("2.0.0").await;
+    dead.subscribe("realtime:dead", bindings.clone()).await;
+    // A slow client: reads, but at 50 frames/s, slower than the writer commits.
     let mut slow = relay.ws("2.0.0").await;
     slow.subscribe("realtime:slow", bindings).await;
+    let slow_reader = tokio::spawn(async move {
+        let mut saw_system = false;
+        let mut received = 0;
+        while let Some(msg) = slow.next_raw(Duration::from_secs(20)).await {
+            match msg {
+                tokio_tungstenite::tungstenite::Message::Text(t) => {
+                    let f = parse_frame("2.0.0", &t);
+                    if f.event == "system" {
+                        assert_eq!(f.payload["status"], "error");
+                        assert_eq!(f.payload["extension"], "system");
+                        assert_eq!(
+                            f.payload["message"],
+                            "Client is too slow: its outbound queue is full"
+                        );
+                        saw_system = true;
+                    } else {
+                        received += 1;
+                    }
+                }
+                tokio_tungstenite::tungstenite::Message::Close(c) => {
+                    return (saw_system, received, c)
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (saw_system, received, None)
+    });
 
-    let total = 3000;
+    // Large rows, so that kernel socket buffers hold few of them and the relay's own queue
+    // (16 frames, 64 KiB) is what overflows.
+    let total = 1500;
     let writer = tokio::spawn(async move {
-        let filler = "x".repeat(2000);
+        let filler = "x".repeat(12_000);
         for i in 0..total {
             db.execute(
                 "INSERT INTO profiles (username, display_name) VALUES ($1, $2)",
@@ -422,33 +455,25 @@ async fn slow_client_is_cut_off_while_another_receives_everything() {
     }
     writer.await.unwrap();
 
-    // The slow socket: whatever was buffered, then a system error, then close 1008.
-    let mut saw_system = false;
-    let mut close = None;
-    while let Some(msg) = slow.next_raw(Duration::from_secs(10)).await {
-        match msg {
-            tokio_tungstenite::tungstenite::Message::Text(t) => {
-                let f = parse_frame("2.0.0", &t);
-                if f.event == "system" {
-                    assert_eq!(f.payload["status"], "error");
-                    assert_eq!(f.payload["extension"], "system");
-                    assert_eq!(
-                        f.payload["message"],
-                        "Client is too slow: its outbound queue is full"
-                    );
-                    saw_system = true;
-                }
-            }
-            tokio_tungstenite::tungstenite::Message::Close(c) => {
-                close = c;
-                break;
-            }
-            _ => {}
-        }
-    }
+    let (saw_system, received, close) = slow_reader.await.unwrap();
+    assert!(
+        received < total,
+        "the slow client was cut off before the end"
+    );
     assert!(saw_system, "slow client told why");
     let close = close.expect("close frame");
     assert_eq!(u16::from(close.code), 1008);
+    // The dead client was disconnected too (its buffered frames, then the end).
+    let mut dead_closed = false;
+    while let Some(msg) = dead.next_raw(Duration::from_secs(10)).await {
+        if msg.is_close() {
+            dead_closed = true;
+            break;
+        }
+    }
+    assert!(dead_closed, "the dead client's socket was closed");
+    let (_, body) = http_get(relay.addr, "/metrics").await;
+    assert!(metric(&body, "pgrelay_cutoffs_total") >= 2.0);
     relay.stop().await;
 }
 

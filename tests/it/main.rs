@@ -12,3 +12,4 @@ mod filters;
 mod lifecycle;
 mod ops;
 mod protocol;
+mod sse;

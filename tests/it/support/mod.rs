@@ -525,3 +525,124 @@ pub fn pg_addr() -> std::net::SocketAddr {
     };
     format!("{host}:{port}").parse().expect("pg addr")
 }
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// A minimal `EventSource`: HTTP/1.0 (so the body is close-delimited, not chunked), keeps the
+/// last event id like a browser does (id-only messages move it too).
+#[derive(Debug)]
+pub struct Sse {
+    lines: tokio::io::Lines<tokio::io::BufReader<TcpStream>>,
+    pub status: u16,
+    pub last_id: Option<String>,
+}
+
+impl Sse {
+    pub async fn connect(addr: std::net::SocketAddr, path: &str, last_id: Option<&str>) -> Sse {
+        Self::try_connect(addr, path, last_id)
+            .await
+            .expect("server-sent events connection")
+    }
+
+    pub async fn try_connect(
+        addr: std::net::SocketAddr,
+        path: &str,
+        last_id: Option<&str>,
+    ) -> std::io::Result<Sse> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(addr).await?;
+        let mut req = format!("GET {path} HTTP/1.0\r\nHost: x\r\nAccept: text/event-stream\r\n");
+        if let Some(id) = last_id {
+            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut lines = tokio::io::BufReader::new(s).lines();
+        let bad = |what: &str| std::io::Error::other(what.to_owned());
+        let status_line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .map_err(|_| bad("no status line in time"))??
+            .ok_or_else(|| bad("closed before the status line"))?;
+        let status = status_line
+            .get(9..12)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| bad("bad status line"))?;
+        // Skip headers.
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.is_empty() {
+                break;
+            }
+        }
+        Ok(Sse {
+            lines,
+            status,
+            last_id: last_id.map(str::to_owned),
+        })
+    }
+
+    /// The rest of the body (for error responses).
+    pub async fn body(mut self) -> String {
+        let mut out = String::new();
+        while let Ok(Ok(Some(l))) = tokio::time::timeout(WAIT, self.lines.next_line()).await {
+            out.push_str(&l);
+        }
+        out
+    }
+
+    /// The next event with data, within `within`; None on timeout or end of stream.
+    pub async fn next(&mut self, within: Duration) -> Option<SseEvent> {
+        match self.poll(within).await {
+            SseNext::Event(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The next event with data, or why there is none.
+    pub async fn poll(&mut self, within: Duration) -> SseNext {
+        let deadline = tokio::time::Instant::now() + within;
+        let (mut id, mut event, mut data): (Option<String>, Option<String>, Vec<String>) =
+            (None, None, Vec::new());
+        loop {
+            let line = match tokio::time::timeout_at(deadline, self.lines.next_line()).await {
+                Err(_) => return SseNext::Timeout,
+                Ok(Ok(Some(l))) => l,
+                Ok(_) => return SseNext::Closed,
+            };
+            if line.is_empty() {
+                if let Some(i) = id.take() {
+                    self.last_id = Some(i);
+                }
+                if !data.is_empty() {
+                    return SseNext::Event(SseEvent {
+                        id: self.last_id.clone(),
+                        event: event.take(),
+                        data: data.join("\n"),
+                    });
+                }
+                event = None;
+                continue;
+            }
+            if let Some(v) = line.strip_prefix("id:") {
+                id = Some(v.trim_start().to_owned());
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = Some(v.trim_start().to_owned());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+            }
+        }
+    }
+}
+
+/// What [`Sse::poll`] found.
+#[derive(Debug)]
+pub enum SseNext {
+    Event(SseEvent),
+    Timeout,
+    Closed,
+}
