@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::change::{Catalog, Op};
 use crate::filter;
-use crate::router::{NewBinding, Scope};
+use crate::router::{NewBinding, Scope, TopicKey};
 
 /// A channel this socket has joined.
 #[derive(Debug)]
@@ -19,6 +19,12 @@ pub struct Joined {
     pub join_ref: Option<String>,
     /// Whether the channel holds `postgres_changes` bindings in the router.
     pub has_bindings: bool,
+    /// Its topic for broadcast and presence (private and public kept apart).
+    pub key: TopicKey,
+    /// The presence key: `config.presence.key`, or a random one when empty.
+    pub presence_key: String,
+    /// Reply to each broadcast push (`config.broadcast.ack`).
+    pub broadcast_ack: bool,
 }
 
 /// The channels of one socket, by full topic (`realtime:<name>`).
@@ -54,6 +60,11 @@ pub struct JoinRequest {
     /// Each binding object exactly as received (echoed in the reply with an `id`).
     pub bindings: Vec<Map<String, Value>>,
     pub presence_enabled: bool,
+    /// `config.presence.key`; `None` when missing or empty.
+    pub presence_key: Option<String>,
+    pub broadcast_self: bool,
+    pub broadcast_ack: bool,
+    pub private: bool,
 }
 
 /// Read `config` from a join payload. Unknown keys are ignored (newer clients add some).
@@ -88,13 +99,27 @@ pub fn parse_join(payload: &Value, max_bindings: usize) -> Result<JoinRequest, J
             ))
         }
     };
-    let presence_enabled = config
+    let flag = |section: &str, key: &str| {
+        config
+            .get(section)
+            .and_then(|p| p.get(key))
+            .is_some_and(truthy)
+    };
+    let presence_key = config
         .get("presence")
-        .and_then(|p| p.get("enabled"))
-        .is_some_and(truthy);
+        .and_then(|p| p.get("key"))
+        .and_then(|k| match k {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        });
     Ok(JoinRequest {
         bindings,
-        presence_enabled,
+        presence_enabled: flag("presence", "enabled"),
+        presence_key,
+        broadcast_self: flag("broadcast", "self"),
+        broadcast_ack: flag("broadcast", "ack"),
+        private: config.get("private").is_some_and(truthy),
     })
 }
 
@@ -387,6 +412,15 @@ mod tests {
         .unwrap();
         assert_eq!(j.bindings.len(), 1);
         assert!(j.presence_enabled);
+        assert_eq!(j.presence_key, None);
+        assert!(!j.broadcast_self && !j.broadcast_ack && !j.private);
+        let j = parse_join(
+            &json!({"config":{"broadcast":{"self":"true","ack":true},"presence":{"key":"u1"},"private":true}}),
+            100,
+        )
+        .unwrap();
+        assert!(j.broadcast_self && j.broadcast_ack && j.private && !j.presence_enabled);
+        assert_eq!(j.presence_key.as_deref(), Some("u1"));
         let j = parse_join(&json!({}), 100).unwrap();
         assert!(j.bindings.is_empty() && !j.presence_enabled);
         assert!(parse_join(&json!({"config":{"postgres_changes":{}}}), 100).is_err());

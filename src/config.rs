@@ -25,6 +25,8 @@ pub struct Cli {
     pub database: DatabaseArgs,
 }
 
+// Parsed once at startup and consumed: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Migrate the database, apply the triggers, LISTEN and serve WebSocket clients (the default).
@@ -36,6 +38,10 @@ pub enum Command {
         #[command(subcommand)]
         command: TriggersCommand,
     },
+    /// End button-hold sessions whose heartbeat went stale, and prune the change log, until
+    /// stopped. Needs only DATABASE_URL and a schema set up by `migrate` or `serve`; any number
+    /// may run at once.
+    Cleanup(CleanupArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,8 +95,87 @@ pub struct ServeArgs {
     #[arg(long, env = "PGRELAY_RETENTION", default_value = "15m", value_parser = parse_duration)]
     pub retention: Duration,
 
+    /// Channel whose presence `track({user_id, poll_id?})` starts a `button_holds` row that the
+    /// relay keeps alive and ends on untrack, leave or disconnect. Empty to turn off.
+    #[arg(long, env = "PGRELAY_HOLD_CHANNEL", default_value = "button-presence")]
+    pub hold_channel: String,
+
+    /// How often the relay refreshes `last_heartbeat` of every hold it runs, in one statement.
+    #[arg(long, env = "PGRELAY_HOLD_HEARTBEAT", default_value = "3s", value_parser = parse_duration)]
+    pub hold_heartbeat: Duration,
+
+    /// Also end stale button-hold sessions in this process, as `pgrelay cleanup` does.
+    #[arg(long, env = "PGRELAY_CLEANUP", value_parser = clap::builder::BoolishValueParser::new())]
+    pub cleanup: bool,
+
+    /// With --cleanup: how often stale sessions are looked for.
+    #[arg(long, env = "PGRELAY_CLEANUP_INTERVAL", default_value = "5s", value_parser = parse_period)]
+    pub cleanup_interval: Duration,
+
+    /// With --cleanup: a session whose last heartbeat is older than this is ended.
+    #[arg(long, env = "PGRELAY_STALE_AFTER", default_value = "10s", value_parser = parse_period)]
+    pub stale_after: Duration,
+
     #[command(flatten)]
     pub limits: Limits,
+}
+
+impl ServeArgs {
+    /// The session cleanup to run inside the relay, if `--cleanup` asked for one.
+    pub fn session_cleanup(&self) -> Option<SessionCleanup> {
+        self.cleanup.then_some(SessionCleanup {
+            interval: self.cleanup_interval,
+            stale_after: self.stale_after,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    /// How often stale sessions are looked for (each look is one UPDATE).
+    #[arg(long, env = "PGRELAY_CLEANUP_INTERVAL", default_value = "5s", value_parser = parse_period)]
+    pub interval: Duration,
+
+    /// A session whose last heartbeat is older than this is ended. Clients heartbeat every
+    /// 3 s, so this should span a few missed heartbeats.
+    #[arg(long, env = "PGRELAY_STALE_AFTER", default_value = "10s", value_parser = parse_period)]
+    pub stale_after: Duration,
+
+    /// How long changes stay in the change log before this process prunes them.
+    #[arg(long, env = "PGRELAY_RETENTION", default_value = "15m", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// How long to keep retrying an unreachable database at startup (`forever`, or e.g.
+    /// `30s`). Default: for ever when DATABASE_URL is set, 0 otherwise.
+    #[arg(long, env = "PGRELAY_STARTUP_TIMEOUT", value_parser = parse_timeout)]
+    pub startup_timeout: Option<Timeout>,
+}
+
+impl CleanupArgs {
+    pub fn session_cleanup(&self) -> SessionCleanup {
+        SessionCleanup {
+            interval: self.interval,
+            stale_after: self.stale_after,
+        }
+    }
+}
+
+/// How stale button-hold sessions are ended (`pgrelay cleanup`, `serve --cleanup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCleanup {
+    /// Time between the starts of two passes.
+    pub interval: Duration,
+    /// A session whose `last_heartbeat` is older than this is ended.
+    pub stale_after: Duration,
+}
+
+impl Default for SessionCleanup {
+    fn default() -> Self {
+        SessionCleanup {
+            interval: Duration::from_secs(5),
+            stale_after: Duration::from_secs(10),
+        }
+    }
 }
 
 /// A duration or `forever`.
@@ -142,9 +227,36 @@ pub struct Limits {
     #[arg(long, env = "PGRELAY_SOCKET_QUEUE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub socket_queue_bytes: usize,
 
-    /// Largest WebSocket message accepted from a client, in bytes (Supabase: 5,000,000 per frame).
-    #[arg(long, env = "PGRELAY_MAX_MESSAGE_BYTES", default_value_t = 5_000_000)]
+    /// Largest WebSocket message accepted from a client, in bytes; a larger one closes the
+    /// socket (1009). Above the payload limits below, so an oversized broadcast or presence
+    /// payload gets an error reply and the socket lives on.
+    #[arg(long, env = "PGRELAY_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_message_bytes: usize,
+
+    /// Largest broadcast payload (Supabase's tenant default: 3,000 KB).
+    #[arg(
+        long,
+        env = "PGRELAY_MAX_BROADCAST_PAYLOAD_BYTES",
+        default_value_t = 3_000_000
+    )]
+    pub max_broadcast_payload_bytes: usize,
+
+    /// Largest presence payload one `track()` may carry ("Track message size exceeded").
+    #[arg(
+        long,
+        env = "PGRELAY_MAX_PRESENCE_PAYLOAD_BYTES",
+        default_value_t = 10_000
+    )]
+    pub max_presence_payload_bytes: usize,
+
+    /// Presence pushes (track/untrack) one socket may send per second; a press-and-hold app
+    /// re-tracks every few seconds, far below this.
+    #[arg(
+        long,
+        env = "PGRELAY_MAX_PRESENCE_EVENTS_PER_SECOND",
+        default_value_t = 10
+    )]
+    pub max_presence_events_per_second: u32,
 
     /// A socket that sends nothing (not even a heartbeat) for this long is closed, so its
     /// resources are freed when a client vanishes without a close frame.
@@ -176,7 +288,10 @@ impl Default for Limits {
             max_bindings_per_channel: 100,
             socket_queue: 1024,
             socket_queue_bytes: 16 * 1024 * 1024,
-            max_message_bytes: 5_000_000,
+            max_message_bytes: 8 * 1024 * 1024,
+            max_broadcast_payload_bytes: 3_000_000,
+            max_presence_payload_bytes: 10_000,
+            max_presence_events_per_second: 10,
             heartbeat_timeout: Duration::from_secs(60),
             change_buffer: 65_536,
             listener_probe: Duration::from_secs(10),
@@ -197,6 +312,13 @@ pub struct Config {
     /// How long changes stay in the change log (catch-up and server-sent events reach back
     /// this far).
     pub retention: Duration,
+    /// The channel whose presence tracks with a `user_id` start relay-run holds (`None`: off).
+    pub hold_channel: Option<String>,
+    /// How often the relay refreshes `last_heartbeat` of the holds it runs (one statement).
+    pub hold_heartbeat: Duration,
+    /// End stale button-hold sessions inside the relay (`serve --cleanup`); `None`: leave it to
+    /// a `pgrelay cleanup` process.
+    pub cleanup: Option<SessionCleanup>,
     pub limits: Limits,
 }
 
@@ -210,6 +332,9 @@ impl Config {
             triggers_dir: None,
             startup_timeout: Some(Duration::ZERO),
             retention: Duration::from_secs(15 * 60),
+            hold_channel: Some("button-presence".to_owned()),
+            hold_heartbeat: Duration::from_secs(3),
+            cleanup: None,
             limits: Limits::default(),
         }
     }
@@ -248,6 +373,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         other => Err(format!(
             "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
         )),
+    }
+}
+
+/// A [`parse_duration`] that must be more than zero: a period of 0 would spin.
+pub fn parse_period(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("invalid duration {s:?}: must be more than 0")),
+        d => Ok(d),
     }
 }
 
@@ -306,5 +439,37 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn cleanup_settings() {
+        assert!(parse_period("0s").is_err());
+        assert_eq!(parse_period("200ms"), Ok(Duration::from_millis(200)));
+        let cli = Cli::parse_from(["pgrelay", "serve"]);
+        match cli.command {
+            Some(Command::Serve(args)) => assert_eq!(args.session_cleanup(), None),
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = Cli::parse_from(["pgrelay", "serve", "--cleanup", "--stale-after", "30s"]);
+        match cli.command {
+            Some(Command::Serve(args)) => assert_eq!(
+                args.session_cleanup(),
+                Some(SessionCleanup {
+                    interval: Duration::from_secs(5),
+                    stale_after: Duration::from_secs(30),
+                })
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = Cli::parse_from(["pgrelay", "cleanup", "--interval", "500ms"]);
+        match cli.command {
+            Some(Command::Cleanup(args)) => {
+                assert_eq!(args.interval, Duration::from_millis(500));
+                assert_eq!(args.stale_after, Duration::from_secs(10));
+                assert_eq!(args.retention, Duration::from_secs(15 * 60));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["pgrelay", "cleanup", "--interval", "soon"]).is_err());
     }
 }

@@ -10,6 +10,8 @@
 //! - [`dispatch`]: the ordered stream of changes: live, de-duplicated, caught up after a gap.
 //! - [`watermark`]: markers that prove which changes came through.
 //! - [`router`]: the subscription index; a change → frames on socket queues.
+//! - [`holds`]: relay-run press-and-hold sessions (track on the hold channel).
+//! - [`presence`]: presence state per topic and its diffs.
 //! - [`protocol`]: the Phoenix wire format (vsn 1.0.0 and 2.0.0).
 //! - [`channel`]: joins, bindings and their ids, leaves.
 //! - [`socket`]: one task per client: reads, replies, batched writes, timeouts.
@@ -26,8 +28,10 @@ pub mod config;
 pub mod db;
 pub mod dispatch;
 pub mod filter;
+pub mod holds;
 pub mod listener;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod router;
 pub mod server;

@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -9,9 +10,11 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use pgrelay::config::{
-    Cli, Command, ServeArgs, TriggersArgs, TriggersCommand, DEFAULT_DATABASE_URL,
+    CleanupArgs, Cli, Command, ServeArgs, Timeout, TriggersArgs, TriggersCommand,
+    DEFAULT_DATABASE_URL,
 };
-use pgrelay::{db, server, Config};
+use pgrelay::shutdown::ShutdownController;
+use pgrelay::{cleanup, db, server, Config};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -74,6 +77,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("applied {files} trigger files from {source} (channel {channel})");
             Ok(())
         }
+        Some(Command::Cleanup(args)) => cleanup(url, explicit, db.pool_size, args).await,
+    }
+}
+
+/// How long to retry an unreachable database at startup; `None`: for ever.
+fn startup_timeout(configured: Option<Timeout>, explicit_url: bool) -> Option<Duration> {
+    match configured {
+        Some(t) => t.as_option(),
+        None if explicit_url => None,
+        None => Some(Duration::ZERO),
     }
 }
 
@@ -86,21 +99,51 @@ async fn serve(
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let startup_timeout = match args.startup_timeout {
-        Some(t) => t.as_option(),
-        None if explicit_url => None,
-        None => Some(std::time::Duration::ZERO),
-    };
+    let cleanup = args.session_cleanup();
     let config = Config {
         database_url,
         pool_size,
         channel: args.triggers.channel,
         triggers_dir: args.triggers.triggers_dir,
-        startup_timeout,
+        startup_timeout: startup_timeout(args.startup_timeout, explicit_url),
         retention: args.retention,
+        hold_channel: Some(args.hold_channel).filter(|c| !c.is_empty()),
+        hold_heartbeat: args.hold_heartbeat,
+        cleanup,
         limits: args.limits,
     };
     server::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `pgrelay cleanup`: end stale sessions and prune the change log until Ctrl-C or SIGTERM,
+/// then finish the passes in progress and exit.
+async fn cleanup(
+    database_url: String,
+    explicit_url: bool,
+    pool_size: usize,
+    args: CleanupArgs,
+) -> anyhow::Result<()> {
+    // One connection per loop is all it can use.
+    let pool = db::build_pool(&database_url, pool_size.min(2))?;
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let timeout = startup_timeout(args.startup_timeout, explicit_url);
+    tokio::select! {
+        r = db::wait_until_reachable(&pool, &database_url, timeout) => r?,
+        () = &mut signal => return Ok(()),
+    }
+    cleanup::check_schema(&pool).await?;
+    let controller = ShutdownController::new();
+    tokio::join!(
+        cleanup::run_sweeper(pool.clone(), args.session_cleanup(), controller.subscribe()),
+        cleanup::run_pruner(pool, args.retention, controller.subscribe()),
+        async {
+            signal.await;
+            controller.signal();
+        },
+    );
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -326,6 +326,19 @@ pub fn postgres_changes(vsn: Vsn, topic: &str, ids: &[u32], data: &str) -> Strin
     encode(vsn, None, None, topic, "postgres_changes", &payload)
 }
 
+/// Binary frame kind 4: a user broadcast with a raw payload, for vsn 2.0.0 clients. `None` when
+/// the topic or event is longer than the one-byte length fields allow.
+pub fn binary_broadcast(topic: &str, event: &str, payload: &[u8]) -> Option<bytes::Bytes> {
+    let topic_len = u8::try_from(topic.len()).ok()?;
+    let event_len = u8::try_from(event.len()).ok()?;
+    let mut out = Vec::with_capacity(5 + topic.len() + event.len() + payload.len());
+    out.extend_from_slice(&[4, topic_len, event_len, 0, 0]);
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(payload);
+    Some(out.into())
+}
+
 /// The channel name without the `realtime:` prefix.
 pub fn subtopic(topic: &str) -> &str {
     topic.strip_prefix(TOPIC_PREFIX).unwrap_or(topic)
@@ -450,6 +463,16 @@ mod tests {
             Err(ProtocolError::UnsupportedBinaryKind(0))
         );
         assert!(decode_binary(&[3, 0, 0, 0, 0, 0, 9]).is_err());
+    }
+
+    #[test]
+    fn encodes_binary_broadcast() {
+        let b = binary_broadcast("realtime:room1", "cursor", b"\x01\x02").unwrap();
+        assert_eq!(&b[..5], &[4, 14, 6, 0, 0]);
+        assert_eq!(&b[5..19], b"realtime:room1");
+        assert_eq!(&b[19..25], b"cursor");
+        assert_eq!(&b[25..], b"\x01\x02");
+        assert!(binary_broadcast(&"x".repeat(256), "e", b"").is_none());
     }
 
     #[test]

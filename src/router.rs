@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::change::{Change, Op, Row};
 use crate::filter::{self, BoundFilter, IndexKey};
 use crate::metrics::Metrics;
+use crate::presence::TopicPresence;
 use crate::protocol::{self, Vsn};
 
 pub type SocketId = u64;
@@ -26,12 +27,15 @@ pub type SocketId = u64;
 #[derive(Debug, Clone)]
 pub enum Outbound {
     Text(Arc<str>),
+    /// A binary broadcast (kind 4), for vsn 2.0.0 sockets.
+    Binary(bytes::Bytes),
 }
 
 impl Outbound {
     pub fn len(&self) -> usize {
         match self {
             Outbound::Text(t) => t.len(),
+            Outbound::Binary(b) => b.len(),
         }
     }
 
@@ -175,11 +179,50 @@ struct SocketEntry {
     handle: Option<SocketHandle>,
     /// topic → bindings this channel holds.
     channels: HashMap<Arc<str>, Vec<BindingId>>,
+    /// Topic keys this socket is a member of (broadcast, presence).
+    topics: Vec<TopicKey>,
+}
+
+/// Identifies a topic for broadcast and presence: a private and a public channel of the same
+/// name are different topics (as in Supabase), so they never see each other's messages.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopicKey {
+    pub private: bool,
+    /// The wire topic, `realtime:<name>`.
+    pub topic: Arc<str>,
+}
+
+/// A channel's membership in its topic.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Receives presence diffs (presence enabled, or tracked).
+    pub presence: bool,
+    /// Receives its own broadcasts (`config.broadcast.self`).
+    pub broadcast_self: bool,
+}
+
+#[derive(Debug, Default)]
+struct Topic {
+    members: HashMap<SocketId, Member>,
+    presence: TopicPresence,
+}
+
+/// A broadcast to fan out.
+#[derive(Debug)]
+pub enum Broadcast {
+    /// `{"type":"broadcast","event":…,"payload":…}` as JSON text, for every member.
+    Json(String),
+    /// A raw binary payload: kind 4 to vsn 2.0.0 members; vsn 1.0.0 cannot carry it.
+    Binary {
+        event: String,
+        payload: bytes::Bytes,
+    },
 }
 
 #[derive(Debug, Default)]
 struct State {
     sockets: HashMap<SocketId, SocketEntry>,
+    topics: HashMap<TopicKey, Topic>,
     keys: HashMap<BindingKey, BindingId>,
     bindings: HashMap<BindingId, Binding>,
     tables: HashMap<(String, String), TableIndex>,
@@ -224,19 +267,151 @@ impl Router {
             SocketEntry {
                 handle: Some(handle),
                 channels: HashMap::new(),
+                topics: Vec::new(),
             },
         );
         id
     }
 
-    /// Forget a socket and every subscription it held.
+    /// Forget a socket and every subscription, membership and presence it held.
     pub fn remove_socket(&self, socket: SocketId) {
-        let mut st = self.lock();
-        if let Some(entry) = st.sockets.remove(&socket) {
+        let topics = {
+            let mut st = self.lock();
+            let Some(entry) = st.sockets.remove(&socket) else {
+                return;
+            };
             for (topic, ids) in entry.channels {
                 st.unsubscribe_ids(socket, &topic, ids);
             }
+            entry.topics
+        };
+        for key in topics {
+            self.leave_topic(socket, &key);
         }
+    }
+
+    /// Make a channel a member of its topic. Returns the topic's `presence_state` when the
+    /// member receives presence.
+    pub fn join_topic(&self, socket: SocketId, key: &TopicKey, member: Member) -> Option<String> {
+        let mut st = self.lock();
+        let entry = st.sockets.get_mut(&socket)?;
+        if !entry.topics.contains(key) {
+            entry.topics.push(key.clone());
+        }
+        let presence = member.presence;
+        let topic = st.topics.entry(key.clone()).or_default();
+        topic.members.insert(socket, member);
+        presence.then(|| topic.presence.state_json())
+    }
+
+    /// Remove a channel from its topic; its presence, if any, leaves (and others are told).
+    pub fn leave_topic(&self, socket: SocketId, key: &TopicKey) {
+        let mut cut = Vec::new();
+        {
+            let mut st = self.lock();
+            if let Some(entry) = st.sockets.get_mut(&socket) {
+                entry.topics.retain(|k| k != key);
+            }
+            let Some(topic) = st.topics.get_mut(key) else {
+                return;
+            };
+            topic.members.remove(&socket);
+            let diff = topic.presence.untrack(socket);
+            let empty = topic.members.is_empty() && topic.presence.is_empty();
+            if let Some(diff) = diff {
+                st.fan_out_diff(key, &diff, &self.metrics, &mut cut);
+            }
+            if empty {
+                st.topics.remove(key);
+            }
+        }
+        self.cut_off_all(cut);
+    }
+
+    /// Track a presence for a channel and tell the topic's presence members.
+    pub fn track(
+        &self,
+        socket: SocketId,
+        key: &TopicKey,
+        presence_key: &str,
+        payload: serde_json::Map<String, serde_json::Value>,
+    ) {
+        let mut cut = Vec::new();
+        {
+            let mut st = self.lock();
+            let Some(topic) = st.topics.get_mut(key) else {
+                return;
+            };
+            // Tracking turns presence on for the tracker.
+            if let Some(m) = topic.members.get_mut(&socket) {
+                m.presence = true;
+            }
+            if let Some(diff) = topic.presence.track(socket, presence_key, payload) {
+                st.fan_out_diff(key, &diff, &self.metrics, &mut cut);
+            }
+        }
+        self.cut_off_all(cut);
+    }
+
+    /// Untrack a channel's presence.
+    pub fn untrack(&self, socket: SocketId, key: &TopicKey) {
+        let mut cut = Vec::new();
+        {
+            let mut st = self.lock();
+            let Some(topic) = st.topics.get_mut(key) else {
+                return;
+            };
+            if let Some(diff) = topic.presence.untrack(socket) {
+                st.fan_out_diff(key, &diff, &self.metrics, &mut cut);
+            }
+        }
+        self.cut_off_all(cut);
+    }
+
+    /// Send a broadcast to every member of a topic (the sender only if it asked for `self`).
+    /// Returns how many sockets it was queued for.
+    pub fn broadcast(&self, key: &TopicKey, sender: Option<SocketId>, msg: &Broadcast) -> usize {
+        let mut cut = Vec::new();
+        let mut sent = 0;
+        {
+            let st = self.lock();
+            let Some(topic) = st.topics.get(key) else {
+                return 0;
+            };
+            let mut frames: HashMap<Vsn, Outbound> = HashMap::new();
+            for (socket, member) in &topic.members {
+                if Some(*socket) == sender && !member.broadcast_self {
+                    continue;
+                }
+                let Some(handle) = st.sockets.get(socket).and_then(|e| e.handle.as_ref()) else {
+                    continue;
+                };
+                let frame = frames.entry(handle.vsn).or_insert_with(|| match msg {
+                    Broadcast::Json(payload) => Outbound::Text(
+                        protocol::encode(handle.vsn, None, None, &key.topic, "broadcast", payload)
+                            .into(),
+                    ),
+                    Broadcast::Binary { event, payload } => {
+                        match protocol::binary_broadcast(&key.topic, event, payload) {
+                            Some(b) if handle.vsn == Vsn::V2 => Outbound::Binary(b),
+                            // vsn 1.0.0 has no binary frames; an over-long topic or event
+                            // cannot be framed: nothing to send.
+                            _ => Outbound::Text(Arc::from("")),
+                        }
+                    }
+                });
+                if frame.is_empty() {
+                    continue;
+                }
+                if try_queue(handle, frame.clone(), &self.metrics) {
+                    sent += 1;
+                } else {
+                    cut.push(handle.shared.clone());
+                }
+            }
+        }
+        self.cut_off_all(cut);
+        sent
     }
 
     pub fn socket_count(&self) -> usize {
@@ -392,6 +567,46 @@ fn try_queue(handle: &SocketHandle, out: Outbound, metrics: &Metrics) -> bool {
 }
 
 impl State {
+    /// Queue a presence diff to every presence member of a topic.
+    fn fan_out_diff(
+        &self,
+        key: &TopicKey,
+        diff: &crate::presence::Diff,
+        metrics: &Metrics,
+        cut: &mut Vec<Arc<SocketShared>>,
+    ) {
+        let Some(topic) = self.topics.get(key) else {
+            return;
+        };
+        let payload = diff.to_json();
+        let mut frames: HashMap<Vsn, Arc<str>> = HashMap::new();
+        for (socket, member) in &topic.members {
+            if !member.presence {
+                continue;
+            }
+            let Some(handle) = self.sockets.get(socket).and_then(|e| e.handle.as_ref()) else {
+                continue;
+            };
+            let frame = frames
+                .entry(handle.vsn)
+                .or_insert_with(|| {
+                    protocol::encode(
+                        handle.vsn,
+                        None,
+                        None,
+                        &key.topic,
+                        "presence_diff",
+                        &payload,
+                    )
+                    .into()
+                })
+                .clone();
+            if !try_queue(handle, Outbound::Text(frame), metrics) {
+                cut.push(handle.shared.clone());
+            }
+        }
+    }
+
     fn binding_for(
         &mut self,
         scope: Scope,

@@ -24,10 +24,12 @@ use crate::cleanup;
 use crate::config::{Config, Limits};
 use crate::db::{self, DbError};
 use crate::dispatch::Dispatcher;
+use crate::holds::{self, Holds};
 use crate::listener::{self, ListenerConfig};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::Vsn;
-use crate::router::Router;
+use crate::protocol::TOPIC_PREFIX;
+use crate::router::{Broadcast, Router, TopicKey};
 use crate::shutdown::{Shutdown, ShutdownController, Tracker};
 use crate::socket::{self, SocketContext};
 use crate::sse;
@@ -63,6 +65,8 @@ struct Relay {
     listening: watch::Receiver<bool>,
     /// Latest watermark snapshot, for readers of the change log.
     watermark: watch::Receiver<Option<String>>,
+    /// Relay-run holds and their topic, once the database is set up.
+    holds: std::sync::OnceLock<(Holds, Arc<str>)>,
 }
 
 impl Relay {
@@ -107,6 +111,7 @@ pub async fn run(
         started,
         listening,
         watermark,
+        holds: std::sync::OnceLock::new(),
     });
     let addr = listener.local_addr().ok();
     info!(addr = %addr.map_or_else(|| "?".into(), |a: SocketAddr| a.to_string()), "pgrelay listening");
@@ -134,7 +139,7 @@ pub async fn run(
     };
 
     let setup = async {
-        wait_for_database(&pool, &config).await?;
+        db::wait_until_reachable(&pool, &config.database_url, config.startup_timeout).await?;
         let applied = db::migrate(&pool).await?;
         if !applied.is_empty() {
             info!(migrations = ?applied, "schema migrated");
@@ -159,6 +164,17 @@ pub async fn run(
     }
 
     if !*stop_rx.borrow() {
+        if let Some(channel) = &config.hold_channel {
+            let (holds, task) =
+                holds::spawn(pool.clone(), config.hold_heartbeat, controller.subscribe());
+            let tracker = controller.tracker();
+            tokio::spawn(async move {
+                let _ = task.await;
+                drop(tracker);
+            });
+            let topic: Arc<str> = format!("{TOPIC_PREFIX}{channel}").into();
+            let _ = relay.holds.set((holds, topic));
+        }
         start_pipeline(
             &config,
             &controller,
@@ -191,31 +207,6 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
-}
-
-/// Wait until the pool can connect. An unreachable database is retried with backoff, for up
-/// to `startup_timeout` (`None`: for ever); any other failure is returned at once.
-async fn wait_for_database(
-    pool: &deadpool_postgres::Pool,
-    config: &Config,
-) -> Result<(), ServerError> {
-    let started = tokio::time::Instant::now();
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let err = match db::check(pool, &config.database_url).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_unreachable() => e,
-            Err(e) => return Err(e.into()),
-        };
-        let waited = started.elapsed();
-        match config.startup_timeout {
-            Some(limit) if waited + backoff > limit => return Err(err.into()),
-            _ => {}
-        }
-        warn!(cause = %err, retry_in = ?backoff, "database not reachable yet; /ready answers 503 until it is");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
 }
 
 /// Start the listener, the dispatcher and the side loops, each tracked for shutdown.
@@ -273,6 +264,13 @@ fn start_pipeline(
         config.retention,
         controller.subscribe(),
     )));
+    if let Some(settings) = config.cleanup {
+        spawn(Box::pin(cleanup::run_sweeper(
+            pool.clone(),
+            settings,
+            controller.subscribe(),
+        )));
+    }
     Ok(())
 }
 
@@ -334,7 +332,25 @@ fn routes(
         .and(warp::header::optional::<String>("last-event-id"))
         .and(with_relay.clone())
         .then(server_sent_events);
+    let max_body = u64::try_from(relay.limits.max_message_bytes).unwrap_or(u64::MAX);
+    let broadcast_batch = warp::path!("realtime" / "v1" / "api" / "broadcast")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(max_body))
+        .and(warp::body::bytes())
+        .and(with_relay.clone())
+        .map(rest_broadcast_batch);
+    let broadcast_one =
+        warp::path!("realtime" / "v1" / "api" / "broadcast" / String / "events" / String)
+            .and(warp::post())
+            .and(raw_query)
+            .and(warp::header::optional::<String>("content-type"))
+            .and(warp::body::content_length_limit(max_body))
+            .and(warp::body::bytes())
+            .and(with_relay.clone())
+            .map(rest_broadcast_one);
     websocket
+        .or(broadcast_batch)
+        .or(broadcast_one)
         .or(changes)
         .or(health)
         .or(metrics)
@@ -342,6 +358,91 @@ fn routes(
         .recover(|_rej: warp::Rejection| async {
             Ok::<_, Infallible>(json_error(StatusCode::NOT_FOUND, "Not found"))
         })
+}
+
+/// `POST /realtime/v1/api/broadcast`: `{"messages":[{"topic","event","payload","private"?}]}`,
+/// the batch endpoint supabase-js falls back to when a channel is not joined. 202, no body.
+fn rest_broadcast_batch(body: bytes::Bytes, relay: Arc<Relay>) -> warp::reply::Response {
+    use warp::Reply;
+    #[derive(serde::Deserialize)]
+    struct Batch {
+        messages: Vec<Msg>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Msg {
+        topic: String,
+        event: String,
+        #[serde(default)]
+        payload: serde_json::Value,
+        #[serde(default)]
+        private: bool,
+    }
+    let batch: Batch = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
+    };
+    for m in batch.messages {
+        let payload =
+            serde_json::json!({"type": "broadcast", "event": m.event, "payload": m.payload});
+        let out = payload.to_string();
+        if out.len() > relay.limits.max_broadcast_payload_bytes {
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
+        }
+        let key = TopicKey {
+            private: m.private,
+            topic: format!("{TOPIC_PREFIX}{}", m.topic).into(),
+        };
+        relay.router.broadcast(&key, None, &Broadcast::Json(out));
+    }
+    warp::reply::with_status(warp::reply(), StatusCode::ACCEPTED).into_response()
+}
+
+/// `POST /realtime/v1/api/broadcast/{topic}/events/{event}[?private=true]`: the body is the
+/// payload (JSON, or raw bytes with `application/octet-stream`). Exactly 202, as `httpSend()`
+/// requires.
+fn rest_broadcast_one(
+    topic: String,
+    event: String,
+    query: String,
+    content_type: Option<String>,
+    body: bytes::Bytes,
+    relay: Arc<Relay>,
+) -> warp::reply::Response {
+    use warp::Reply;
+    let params = parse_query(&query);
+    let private = params
+        .get("private")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let (topic, event) = (percent_decode(&topic), percent_decode(&event));
+    if body.len() > relay.limits.max_broadcast_payload_bytes {
+        return json_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
+    }
+    let binary = content_type
+        .as_deref()
+        .is_some_and(|c| c.starts_with("application/octet-stream"));
+    let msg = if binary {
+        Broadcast::Binary {
+            event,
+            payload: body,
+        }
+    } else {
+        let payload: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return json_error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"))
+            }
+        };
+        Broadcast::Json(
+            serde_json::json!({"type": "broadcast", "event": event, "payload": payload})
+                .to_string(),
+        )
+    };
+    let key = TopicKey {
+        private,
+        topic: format!("{TOPIC_PREFIX}{topic}").into(),
+    };
+    relay.router.broadcast(&key, None, &msg);
+    warp::reply::with_status(warp::reply(), StatusCode::ACCEPTED).into_response()
 }
 
 /// `GET /api/v1/changes`: validate, then stream from the change log (see `sse`).
@@ -422,6 +523,7 @@ fn upgrade(ws: warp::ws::Ws, query: String, relay: Arc<Relay>) -> warp::reply::R
     let max = relay.limits.max_message_bytes;
     Metrics::inc(&relay.metrics.connections_total);
     let ctx = SocketContext {
+        holds: relay.holds.get().cloned(),
         metrics: relay.metrics.clone(),
         router: relay.router.clone(),
         catalog: relay.catalog.clone(),

@@ -23,9 +23,13 @@ use warp::ws::Message;
 use crate::change::Catalog;
 use crate::channel::{self, Channels, JoinError, Joined};
 use crate::config::Limits;
+use crate::holds::{HoldRequest, Holds};
 use crate::metrics::Metrics;
+use crate::presence;
 use crate::protocol::{self, Vsn, PHOENIX_TOPIC, TOPIC_PREFIX};
-use crate::router::{CutOff, Outbound, Router, SocketHandle, SocketId, SocketShared};
+use crate::router::{
+    Broadcast, CutOff, Member, Outbound, Router, SocketHandle, SocketId, SocketShared, TopicKey,
+};
 use crate::shutdown::Shutdown;
 
 /// A write that takes longer than this means the client stopped reading; the socket is closed
@@ -42,6 +46,8 @@ const WRITE_BATCH: usize = 256;
 #[derive(Debug, Clone)]
 pub struct SocketContext {
     pub metrics: Arc<Metrics>,
+    /// Relay-run holds, and the topic whose tracks start them.
+    pub holds: Option<(Holds, Arc<str>)>,
     pub router: Arc<Router>,
     pub catalog: Arc<Catalog>,
     pub limits: Arc<Limits>,
@@ -64,6 +70,37 @@ struct Socket<S> {
     vsn: Vsn,
     ctx: SocketContext,
     channels: Channels,
+    /// Presence pushes allowed this second.
+    presence_budget: RateWindow,
+}
+
+/// A fixed one-second window counter: cheap, and exact enough for a per-socket limit.
+#[derive(Debug)]
+struct RateWindow {
+    started: Instant,
+    used: u32,
+}
+
+impl RateWindow {
+    fn new() -> Self {
+        RateWindow {
+            started: Instant::now(),
+            used: 0,
+        }
+    }
+
+    /// Take one unit if fewer than `per_second` were taken in the current second.
+    fn take(&mut self, per_second: u32) -> bool {
+        if self.started.elapsed() >= Duration::from_secs(1) {
+            self.started = Instant::now();
+            self.used = 0;
+        }
+        if self.used >= per_second {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
 }
 
 /// Serve one client until it leaves or is closed.
@@ -90,10 +127,12 @@ where
         vsn,
         ctx,
         channels: Channels::default(),
+        presence_budget: RateWindow::new(),
     };
     let mut rx = rx;
     let end = socket.serve(&mut rx, &shared).await;
     socket.ctx.router.remove_socket(id);
+    socket.end_hold();
     if matches!(end, End::Shutdown) {
         socket.flush_queue(&mut rx, &shared).await;
     }
@@ -158,11 +197,11 @@ where
             let mut n = 0;
             while let Some(out) = next.take() {
                 bytes += out.len();
-                let Outbound::Text(text) = out;
-                self.ws
-                    .feed(Message::text(text.as_ref()))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let msg = match out {
+                    Outbound::Text(text) => Message::text(text.as_ref()),
+                    Outbound::Binary(b) => Message::binary(b),
+                };
+                self.ws.feed(msg).await.map_err(|e| e.to_string())?;
                 n += 1;
                 if n < WRITE_BATCH {
                     next = rx.try_recv().ok();
@@ -224,14 +263,21 @@ where
         } else if msg.is_binary() {
             match protocol::decode_binary(msg.as_bytes()) {
                 Ok(push) => {
-                    let reply = protocol::reply_error(
-                        self.vsn,
-                        push.join_ref.as_deref(),
-                        push.msg_ref.as_deref(),
-                        &push.topic,
-                        "UnsupportedMessage: broadcast is not supported by this relay yet",
-                    );
-                    self.send(reply).await
+                    let (jr, r) = (push.join_ref.clone(), push.msg_ref.clone());
+                    if !self.channels.by_topic.contains_key(push.topic.as_str()) {
+                        let reply = protocol::reply_error(
+                            self.vsn,
+                            None,
+                            r.as_deref(),
+                            &push.topic,
+                            "unmatched topic",
+                        );
+                        return self.send(reply).await;
+                    }
+                    let topic = push.topic.clone();
+                    let result = self.broadcast_binary(push);
+                    self.answer_broadcast(&topic, jr.as_deref(), r.as_deref(), result)
+                        .await
                 }
                 Err(e) => {
                     debug!(error_code = e.code(), cause = %e, "bad binary frame");
@@ -267,24 +313,16 @@ where
             // no reply.
             "access_token" => Ok(()),
             "presence" => {
-                let reply = protocol::reply_error(
-                    vsn,
-                    jr,
-                    r,
-                    &m.topic,
-                    "UnsupportedMessage: presence is not supported by this relay yet",
-                );
+                let result = self.presence(&m.topic, &m.payload).await;
+                let reply = match result {
+                    Ok(()) => protocol::reply_ok(vsn, jr, r, &m.topic, "{}"),
+                    Err(reason) => protocol::reply_error(vsn, jr, r, &m.topic, &reason),
+                };
                 self.send(reply).await
             }
             "broadcast" => {
-                let reply = protocol::reply_error(
-                    vsn,
-                    jr,
-                    r,
-                    &m.topic,
-                    "UnsupportedMessage: broadcast is not supported by this relay yet",
-                );
-                self.send(reply).await
+                let result = self.broadcast_json(&m.topic, &m.payload);
+                self.answer_broadcast(&m.topic, jr, r, result).await
             }
             other => {
                 let reason = format!("UnknownEvent: unknown event {:?}", truncate(other, 64));
@@ -302,6 +340,10 @@ where
         // Phoenix semantics: a second join of a joined topic closes the old channel first.
         if let Some(old) = self.channels.by_topic.remove(&topic) {
             self.ctx.router.unsubscribe(self.id, &topic);
+            self.ctx.router.leave_topic(self.id, &old.key);
+            if self.holds_for(&topic).is_some() {
+                self.end_hold();
+            }
             let old_ref = old.join_ref.as_deref();
             let close = protocol::encode(vsn, old_ref, old_ref, &topic, "phx_close", "{}");
             self.send(close).await?;
@@ -323,16 +365,34 @@ where
         self.send(protocol::reply_ok(vsn, jr, r, &topic, &response))
             .await?;
         Metrics::inc(&self.ctx.metrics.joins_total);
+        let key = TopicKey {
+            private: request.private,
+            topic: topic.clone(),
+        };
+        let state = self.ctx.router.join_topic(
+            self.id,
+            &key,
+            Member {
+                presence: request.presence_enabled,
+                broadcast_self: request.broadcast_self,
+            },
+        );
         self.channels.by_topic.insert(
             topic.clone(),
             Joined {
                 join_ref: m.join_ref.clone(),
                 has_bindings: !request.bindings.is_empty(),
+                key,
+                presence_key: request
+                    .presence_key
+                    .clone()
+                    .unwrap_or_else(presence::random_key),
+                broadcast_ack: request.broadcast_ack,
             },
         );
-        if request.presence_enabled {
+        if let Some(state) = state {
             // The client buffers presence diffs until it has a state: always send one.
-            let state = protocol::encode(vsn, jr, None, &topic, "presence_state", "{}");
+            let state = protocol::encode(vsn, jr, None, &topic, "presence_state", &state);
             self.send(state).await?;
         }
         if request.bindings.is_empty() {
@@ -358,6 +418,141 @@ where
         self.send(system).await
     }
 
+    /// The hold task, when `topic` is the hold channel.
+    fn holds_for(&self, topic: &str) -> Option<&Holds> {
+        self.ctx
+            .holds
+            .as_ref()
+            .filter(|(_, hold_topic)| **hold_topic == *topic)
+            .map(|(h, _)| h)
+    }
+
+    /// End the hold this socket runs, if any.
+    fn end_hold(&self) {
+        if let Some((holds, _)) = &self.ctx.holds {
+            holds.end(self.id);
+        }
+    }
+
+    /// `{"type":"presence","event":"track"|"untrack","payload":{…}}`.
+    async fn presence(&mut self, topic: &str, payload: &Value) -> Result<(), String> {
+        let limits = &self.ctx.limits;
+        if !self
+            .presence_budget
+            .take(limits.max_presence_events_per_second)
+        {
+            return Err("PresenceRateLimitReached: Too many presence messages per second".into());
+        }
+        let Some(joined) = self.channels.by_topic.get(topic) else {
+            return Err("unmatched topic".into());
+        };
+        match payload.get("event").and_then(Value::as_str) {
+            Some("track") => {
+                let Some(Value::Object(meta)) = payload.get("payload") else {
+                    return Err("Presence track payload must be a map".into());
+                };
+                let size = Value::Object(meta.clone()).to_string().len();
+                if size > limits.max_presence_payload_bytes {
+                    return Err(format!(
+                        "PresencePayloadTooLarge: Track message size exceeded ({size} bytes, maximum {})",
+                        limits.max_presence_payload_bytes
+                    ));
+                }
+                let (key, presence_key) = (joined.key.clone(), joined.presence_key.clone());
+                if let Some(holds) = self.holds_for(topic) {
+                    // On the hold channel a track with a user starts a relay-run hold; the
+                    // presence shows only once the row exists.
+                    if let Some(request) = HoldRequest::from_payload(meta)? {
+                        holds.start(self.id, request).await?;
+                    }
+                }
+                self.ctx
+                    .router
+                    .track(self.id, &key, &presence_key, meta.clone());
+                Ok(())
+            }
+            Some("untrack") => {
+                self.ctx.router.untrack(self.id, &joined.key);
+                if self.holds_for(topic).is_some() {
+                    self.end_hold();
+                }
+                Ok(())
+            }
+            _ => Err("MalformedMessage: presence event must be track or untrack".into()),
+        }
+    }
+
+    /// A JSON broadcast push: `{"type":"broadcast","event":…,"payload":…}`.
+    fn broadcast_json(&self, topic: &str, payload: &Value) -> Result<(), String> {
+        let Some(joined) = self.channels.by_topic.get(topic) else {
+            return Err("unmatched topic".into());
+        };
+        let Some(event) = payload.get("event").and_then(Value::as_str) else {
+            return Err("MalformedMessage: broadcast needs a string `event`".into());
+        };
+        let body = payload.get("payload").cloned().unwrap_or(Value::Null);
+        let out =
+            serde_json::json!({"type": "broadcast", "event": event, "payload": body}).to_string();
+        self.check_broadcast_size(out.len())?;
+        self.ctx
+            .router
+            .broadcast(&joined.key, Some(self.id), &Broadcast::Json(out));
+        Ok(())
+    }
+
+    /// A binary (kind 3) broadcast push.
+    fn broadcast_binary(&self, push: protocol::BinaryPush) -> Result<(), String> {
+        let Some(joined) = self.channels.by_topic.get(push.topic.as_str()) else {
+            return Err("unmatched topic".into());
+        };
+        self.check_broadcast_size(push.payload.len())?;
+        let msg = if push.json {
+            let body: Value = serde_json::from_slice(&push.payload)
+                .map_err(|e| format!("MalformedMessage: broadcast payload is not JSON: {e}"))?;
+            let out =
+                serde_json::json!({"type": "broadcast", "event": push.event, "payload": body});
+            Broadcast::Json(out.to_string())
+        } else {
+            Broadcast::Binary {
+                event: push.event,
+                payload: push.payload,
+            }
+        };
+        self.ctx.router.broadcast(&joined.key, Some(self.id), &msg);
+        Ok(())
+    }
+
+    fn check_broadcast_size(&self, size: usize) -> Result<(), String> {
+        let max = self.ctx.limits.max_broadcast_payload_bytes;
+        if size > max {
+            return Err(format!(
+                "PayloadTooLarge: broadcast payload is {size} bytes, maximum {max}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reply to a broadcast push: errors always, success only when the channel asked for acks.
+    async fn answer_broadcast(
+        &mut self,
+        topic: &str,
+        jr: Option<&str>,
+        r: Option<&str>,
+        result: Result<(), String>,
+    ) -> Result<(), String> {
+        let ack = self
+            .channels
+            .by_topic
+            .get(topic)
+            .is_some_and(|j| j.broadcast_ack);
+        let reply = match result {
+            Ok(()) if ack => protocol::reply_ok(self.vsn, jr, r, topic, "{}"),
+            Ok(()) => return Ok(()),
+            Err(reason) => protocol::reply_error(self.vsn, jr, r, topic, &reason),
+        };
+        self.send(reply).await
+    }
+
     fn check_join(&self, topic: &str, payload: &Value) -> Result<channel::JoinRequest, JoinError> {
         let name = topic
             .strip_prefix(TOPIC_PREFIX)
@@ -377,6 +572,10 @@ where
             return Ok(());
         };
         self.ctx.router.unsubscribe(self.id, &m.topic);
+        self.ctx.router.leave_topic(self.id, &joined.key);
+        if self.holds_for(&m.topic).is_some() {
+            self.end_hold();
+        }
         let jr = joined.join_ref.as_deref();
         self.send(protocol::reply_ok(
             vsn,

@@ -5,11 +5,14 @@
 
 mod support;
 
+mod cleanup;
 mod cli;
 mod delivery;
 mod faults;
 mod filters;
+mod holds;
 mod lifecycle;
 mod ops;
 mod protocol;
+mod realtime;
 mod sse;

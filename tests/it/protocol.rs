@@ -174,14 +174,17 @@ async fn malformed_frames_get_errors_and_the_socket_keeps_working() {
         assert!(reason.starts_with("MalformedMessage: "), "{text}: {reason}");
         assert_eq!(f.msg_ref, json!(msg_ref), "{text}");
     }
-    // A binary frame: kind 3 (broadcast) is understood but not supported yet; others are errors.
+    // A binary broadcast (kind 3) to a topic this socket has not joined.
     let mut frame = vec![3u8, 1, 1, 14, 6, 0, 1];
     frame.extend_from_slice(b"67realtime:room1cursor{\"x\":42}");
     ws.send_binary(frame).await;
     let f = ws.recv().await;
     assert_eq!(f.topic, "realtime:room1");
     assert_eq!(f.msg_ref, json!("7"));
-    assert_eq!(f.payload["status"], "error");
+    assert_eq!(
+        f.payload,
+        json!({"status":"error","response":{"reason":"unmatched topic"}})
+    );
     ws.send_binary(vec![3, 250, 1, 1, 1, 0, 1]).await;
     let f = ws.recv().await;
     assert_eq!(f.topic, "phoenix");

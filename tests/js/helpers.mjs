@@ -104,8 +104,32 @@ export function waitFor(target, ms, what) {
   });
 }
 
+/** Polls `GET /ready` until it answers 200 (database set up, LISTEN active). */
+async function waitReady(port, stderr) {
+  const deadline = Date.now() + STARTUP_TIMEOUT_MS;
+  for (;;) {
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/ready`);
+      if (res.status === 200) return;
+    } catch {
+      // not accepting yet
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`pgrelay never became ready within ${STARTUP_TIMEOUT_MS} ms; stderr:\n${stderr()}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A relay child process; resolves once it listens and `/ready` says it is ready. */
+async function spawnRelay(dbUrl, port) {
+  const proc = await spawnRelayProcess(dbUrl, port);
+  await waitReady(proc.port, proc.stderr);
+  return proc;
+}
+
 /** A relay child process; resolves once it logged its listening address. */
-function spawnRelay(dbUrl, port) {
+function spawnRelayProcess(dbUrl, port) {
   return new Promise((resolve, reject) => {
     const child = spawn(RELAY_BIN, ['serve', '--listen', `127.0.0.1:${port}`], {
       cwd: REPO_ROOT,

@@ -1,0 +1,220 @@
+//! Presence per topic: who is tracked under which key, and the diffs that tracking and
+//! untracking produce (Phoenix Presence semantics, PROTOCOL.md §7).
+//!
+//! Pure state: the router owns one [`TopicPresence`] per topic and fans the diffs out. Each
+//! channel (one per socket and topic) holds at most one meta; re-tracking replaces it, with the
+//! new meta in `joins` and the old one in `leaves`, as Phoenix does.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Map, Value};
+
+use crate::router::SocketId;
+
+/// One tracked presence: the client's payload plus its unique `phx_ref`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    pub phx_ref: String,
+    pub owner: SocketId,
+    pub payload: Map<String, Value>,
+}
+
+impl Meta {
+    fn to_json(&self, prev: Option<&str>) -> Value {
+        let mut m = self.payload.clone();
+        m.insert("phx_ref".into(), Value::String(self.phx_ref.clone()));
+        if let Some(prev) = prev {
+            m.insert("phx_ref_prev".into(), Value::String(prev.to_owned()));
+        }
+        Value::Object(m)
+    }
+}
+
+/// A change to a topic's presence, ready to send as `presence_diff`.
+#[derive(Debug, Default, PartialEq)]
+pub struct Diff {
+    joins: Vec<(String, Value)>,
+    leaves: Vec<(String, Value)>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.joins.is_empty() && self.leaves.is_empty()
+    }
+
+    /// `{"joins":{key:{"metas":[…]}},"leaves":{…}}`
+    pub fn to_json(&self) -> String {
+        let group = |items: &[(String, Value)]| {
+            let mut by_key: Map<String, Value> = Map::new();
+            for (key, meta) in items {
+                let entry = by_key
+                    .entry(key.clone())
+                    .or_insert_with(|| serde_json::json!({"metas": []}));
+                if let Some(Value::Array(metas)) = entry.get_mut("metas") {
+                    metas.push(meta.clone());
+                }
+            }
+            Value::Object(by_key)
+        };
+        serde_json::json!({"joins": group(&self.joins), "leaves": group(&self.leaves)}).to_string()
+    }
+}
+
+/// The presences of one topic.
+#[derive(Debug, Default)]
+pub struct TopicPresence {
+    by_key: BTreeMap<String, Vec<Meta>>,
+}
+
+impl TopicPresence {
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Track `payload` under `key` for `owner`'s channel. `None` when nothing changed (the same
+    /// payload tracked again).
+    pub fn track(
+        &mut self,
+        owner: SocketId,
+        key: &str,
+        payload: Map<String, Value>,
+    ) -> Option<Diff> {
+        let mut diff = Diff::default();
+        let mut prev_ref = None;
+        if let Some((old_key, old)) = self.take(owner) {
+            if old_key == key && old.payload == payload {
+                self.by_key.entry(old_key).or_default().push(old);
+                return None;
+            }
+            prev_ref = Some(old.phx_ref.clone());
+            diff.leaves.push((old_key, old.to_json(None)));
+        }
+        let meta = Meta {
+            phx_ref: next_ref(),
+            owner,
+            payload,
+        };
+        diff.joins
+            .push((key.to_owned(), meta.to_json(prev_ref.as_deref())));
+        self.by_key.entry(key.to_owned()).or_default().push(meta);
+        Some(diff)
+    }
+
+    /// Remove `owner`'s presence, if any.
+    pub fn untrack(&mut self, owner: SocketId) -> Option<Diff> {
+        let (key, old) = self.take(owner)?;
+        Some(Diff {
+            joins: Vec::new(),
+            leaves: vec![(key, old.to_json(None))],
+        })
+    }
+
+    /// The key `owner` is tracked under.
+    pub fn key_of(&self, owner: SocketId) -> Option<&str> {
+        self.by_key
+            .iter()
+            .find(|(_, metas)| metas.iter().any(|m| m.owner == owner))
+            .map(|(k, _)| k.as_str())
+    }
+
+    fn take(&mut self, owner: SocketId) -> Option<(String, Meta)> {
+        let key = self.key_of(owner)?.to_owned();
+        let metas = self.by_key.get_mut(&key)?;
+        let i = metas.iter().position(|m| m.owner == owner)?;
+        let meta = metas.remove(i);
+        if metas.is_empty() {
+            self.by_key.remove(&key);
+        }
+        Some((key, meta))
+    }
+
+    /// `presence_state`: `{key: {"metas": […]}}`.
+    pub fn state_json(&self) -> String {
+        let mut out = Map::new();
+        for (key, metas) in &self.by_key {
+            let list: Vec<Value> = metas.iter().map(|m| m.to_json(None)).collect();
+            out.insert(key.clone(), serde_json::json!({ "metas": list }));
+        }
+        Value::Object(out).to_string()
+    }
+}
+
+static NEXT_REF: AtomicU64 = AtomicU64::new(1);
+
+/// A `phx_ref` unique within this process (Phoenix uses opaque strings too).
+fn next_ref() -> String {
+    format!("F{:x}", NEXT_REF.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A random version-4 UUID, for channels that join with an empty presence key.
+pub fn random_key() -> String {
+    let word = || {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    let (a, b) = (word(), word());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        (b >> 48) & 0x3fff | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn track_update_untrack() {
+        let mut p = TopicPresence::default();
+        let d = p.track(1, "alice", map(json!({"online_at": 1}))).unwrap();
+        let v: Value = serde_json::from_str(&d.to_json()).unwrap();
+        let r1 = v["joins"]["alice"]["metas"][0]["phx_ref"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(v["joins"]["alice"]["metas"][0]["online_at"], 1);
+        assert_eq!(v["leaves"], json!({}));
+        // Same payload again: nothing.
+        assert!(p.track(1, "alice", map(json!({"online_at": 1}))).is_none());
+        // A new payload: new meta in joins (with phx_ref_prev), old one in leaves.
+        let d = p.track(1, "alice", map(json!({"online_at": 2}))).unwrap();
+        let v: Value = serde_json::from_str(&d.to_json()).unwrap();
+        assert_eq!(v["leaves"]["alice"]["metas"][0]["phx_ref"], r1.as_str());
+        assert_eq!(v["joins"]["alice"]["metas"][0]["phx_ref_prev"], r1.as_str());
+        assert_ne!(v["joins"]["alice"]["metas"][0]["phx_ref"], r1.as_str());
+        // Two owners, same key: two metas.
+        p.track(2, "alice", map(json!({"tab": 2}))).unwrap();
+        let state: Value = serde_json::from_str(&p.state_json()).unwrap();
+        assert_eq!(state["alice"]["metas"].as_array().unwrap().len(), 2);
+        let d = p.untrack(1).unwrap();
+        let v: Value = serde_json::from_str(&d.to_json()).unwrap();
+        assert_eq!(v["leaves"]["alice"]["metas"][0]["online_at"], 2);
+        assert!(p.untrack(1).is_none());
+        p.untrack(2).unwrap();
+        assert!(p.is_empty());
+        assert_eq!(p.state_json(), "{}");
+    }
+
+    #[test]
+    fn random_keys_look_like_uuids() {
+        let k = random_key();
+        assert_eq!(k.len(), 36);
+        assert_eq!(&k[14..15], "4");
+        assert_ne!(random_key(), k);
+    }
+}
