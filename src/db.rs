@@ -150,6 +150,35 @@ pub async fn connect_pool(url: &str, size: usize) -> Result<Pool, DbError> {
     Ok(pool)
 }
 
+/// Wait until the pool can connect. An unreachable database is retried with backoff (500 ms
+/// doubling to 10 s) for up to `timeout` (`None`: for ever); any other failure (bad
+/// credentials, unknown database) is returned at once.
+///
+/// # Errors
+/// The last [`check`] failure, once it is not worth retrying or the timeout would pass.
+pub async fn wait_until_reachable(
+    pool: &Pool,
+    url: &str,
+    timeout: Option<Duration>,
+) -> Result<(), DbError> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let err = match check(pool, url).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_unreachable() => e,
+            Err(e) => return Err(e),
+        };
+        match timeout {
+            Some(limit) if started.elapsed() + backoff > limit => return Err(err),
+            _ => {}
+        }
+        tracing::warn!(cause = %err, retry_in = ?backoff, "database not reachable yet");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
 fn pool_cause(e: deadpool_postgres::PoolError) -> String {
     match e {
         deadpool_postgres::PoolError::Backend(e) => db_cause(&e),
