@@ -218,3 +218,94 @@ async fn disconnect_ends_the_hold_and_bad_holds_are_refused() {
     }
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn holds_of_a_killed_relay_are_ended_by_a_separate_cleanup_process() {
+    let db = TestDb::new().await;
+    let (mut relay_a, addr_a) = crate::lifecycle::spawn_relay(&db, "127.0.0.1:0").await;
+    let (mut relay_b, addr_b) = crate::lifecycle::spawn_relay(&db, "127.0.0.1:0").await;
+    let client = db.client().await;
+    let mut users = Vec::new();
+    for i in 0..3 {
+        let row = client
+            .query_one(
+                "INSERT INTO profiles (username) VALUES ($1) RETURNING id::text",
+                &[&format!("holder{i}")],
+            )
+            .await
+            .unwrap();
+        users.push(row.get::<_, String>(0));
+    }
+    let mut watcher = Ws::connect(
+        &format!("ws://{addr_b}/realtime/v1/websocket?vsn=2.0.0"),
+        "2.0.0",
+    )
+    .await;
+    watcher
+        .subscribe(
+            "realtime:button-sessions",
+            json!([{"event":"UPDATE","schema":"public","table":"button_holds"}]),
+        )
+        .await;
+    let topic = "realtime:button-presence";
+    let mut holders = Vec::new();
+    for user in &users {
+        let mut ws = Ws::connect(
+            &format!("ws://{addr_a}/realtime/v1/websocket?vsn=2.0.0"),
+            "2.0.0",
+        )
+        .await;
+        let (jr, _) = ws.join_with(topic, hold_config()).await;
+        ws.recv().await;
+        ws.push(
+            Some(&jr),
+            "t",
+            topic,
+            "presence",
+            json!({"type":"presence","event":"track","payload":{"user_id":user}}),
+        )
+        .await;
+        loop {
+            let f = ws.recv().await;
+            if f.msg_ref == json!("t") {
+                assert_eq!(f.payload["status"], "ok");
+                break;
+            }
+        }
+        holders.push(ws);
+    }
+    crate::lifecycle::signal(&relay_a, "-KILL");
+    let _ = relay_a.wait().await;
+    let killed_at = tokio::time::Instant::now();
+
+    let mut cleanup = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
+        .arg("cleanup")
+        .env("DATABASE_URL", &db.url)
+        .env("PGRELAY_CLEANUP_INTERVAL", "1s")
+        .env("PGRELAY_STALE_AFTER", "3s")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut ended = std::collections::BTreeSet::new();
+    while ended.len() < 3 {
+        let f = watcher.recv_event("postgres_changes").await;
+        let data = &f.payload["data"];
+        assert_eq!(data["type"], "UPDATE");
+        assert_eq!(data["record"]["is_active"], false);
+        assert_eq!(data["old_record"]["is_active"], true);
+        assert!(ended.insert(data["record"]["user_id"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(ended, users.iter().cloned().collect());
+    // Threshold (3 s) + interval (1 s) + the last heartbeat's age (< 3 s) + slack.
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        killed_at.elapsed()
+    );
+    watcher.expect_silence(Duration::from_millis(1500)).await;
+    crate::lifecycle::signal(&cleanup, "-TERM");
+    assert!(cleanup.wait().await.unwrap().success());
+    crate::lifecycle::signal(&relay_b, "-TERM");
+    assert!(relay_b.wait().await.unwrap().success());
+}
