@@ -18,7 +18,7 @@
 //! - [`sse`]: server-sent events read from the change log, resumable by `Last-Event-ID`.
 //! - [`server`]: routes, admission, task tracking, shutdown.
 //! - [`metrics`]: counters and histograms, rendered at `/metrics`.
-//! - [`cleanup`]: pruning the change log.
+//! - [`cleanup`]: ending stale hold sessions and pruning the change log.
 //! - [`shutdown`]: the shutdown signal and completion tracking.
 
 pub mod change;
