@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::auth::Claims;
 use crate::change::{Catalog, Op};
 use crate::filter;
+use crate::policy::Policies;
 use crate::router::{NewBinding, Scope, TopicKey};
 
 /// A channel this socket has joined.
@@ -25,6 +27,8 @@ pub struct Joined {
     pub presence_key: String,
     /// Reply to each broadcast push (`config.broadcast.ack`).
     pub broadcast_ack: bool,
+    /// The identity the channel acts with (auth on); it closes when the token expires.
+    pub claims: Option<Claims>,
 }
 
 /// The channels of one socket, by full topic (`realtime:<name>`).
@@ -213,12 +217,20 @@ pub async fn validate(
     catalog: &Catalog,
     bindings: &[Map<String, Value>],
     ids: &[u32],
+    access: Option<Access<'_>>,
 ) -> Result<Vec<NewBinding>, String> {
     let mut out = Vec::with_capacity(bindings.len());
     for (binding, &id) in bindings.iter().zip(ids) {
-        out.push(validate_one(catalog, binding, id).await?);
+        out.push(validate_one(catalog, binding, id, access).await?);
     }
     Ok(out)
+}
+
+/// Who is subscribing, when the relay verifies tokens: their read policies apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    pub policies: &'a Policies,
+    pub claims: &'a Claims,
 }
 
 fn str_field<'a>(b: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
@@ -245,6 +257,7 @@ async fn validate_one(
     catalog: &Catalog,
     b: &Map<String, Value>,
     id: u32,
+    access: Option<Access<'_>>,
 ) -> Result<NewBinding, String> {
     // Anything that is not INSERT/UPDATE/DELETE (case-insensitive) means every event.
     let event = match str_field(b, "event")
@@ -304,6 +317,12 @@ async fn validate_one(
 
     match &scope {
         Scope::Wildcard { schema } => {
+            if access.is_some_and(|a| a.policies.any_in(schema.as_deref())) {
+                return Err(
+                    "Unauthorized: read policies apply in this schema; subscribe to each table"
+                        .into(),
+                );
+            }
             if parsed.is_some() {
                 return Err(exception(&"filters need a single table, not a wildcard"));
             }
@@ -340,6 +359,20 @@ async fn validate_one(
             let Some(info) = catalog.table(schema, table).await.map_err(db_error)? else {
                 return Err(unavailable());
             };
+            // The subscriber's read policy is ANDed into its own filter: the combined text is
+            // the binding's identity, so equal (filter, policy) pairs still share one binding.
+            let mut filter_text = filter_text.trim().to_owned();
+            let mut parsed = parsed;
+            if let Some(a) = access {
+                if let Some(policy) = a.policies.row_filter(schema, table, a.claims)? {
+                    filter_text = if filter_text.is_empty() {
+                        policy
+                    } else {
+                        format!("{filter_text},{policy}")
+                    };
+                    parsed = filter::parse(&filter_text).map_err(|e| exception(&e))?;
+                }
+            }
             let (filter, eq_type) = match parsed {
                 None => (None, None),
                 Some(f) => {
@@ -354,7 +387,7 @@ async fn validate_one(
             Ok(NewBinding {
                 scope,
                 event,
-                filter_text: filter_text.trim().to_owned(),
+                filter_text,
                 filter,
                 eq_type,
                 id,

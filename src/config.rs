@@ -23,6 +23,26 @@ pub struct Cli {
     /// Database options, shared by every command (also used when no command is given).
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    /// Log format on stderr: `text` (for people) or `json` (one object per line, with the
+    /// fields of the enclosing spans, for log collectors). Levels come from RUST_LOG.
+    #[arg(
+        long,
+        env = "PGRELAY_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields`, `target`, `span`, `spans`.
+    Json,
 }
 
 // Parsed once at startup and consumed: the variants' size difference costs nothing.
@@ -94,6 +114,19 @@ pub struct ServeArgs {
     /// event resumes reach back this far.
     #[arg(long, env = "PGRELAY_RETENTION", default_value = "15m", value_parser = parse_duration)]
     pub retention: Duration,
+
+    /// HS256 secret that signs client JWTs (Supabase's JWT secret). With any key configured,
+    /// auth is required: connect `apikey`, join `access_token`, HTTP `Authorization: Bearer`.
+    #[arg(long, env = "PGRELAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with the RS256 or ES256 public key that verifies client JWTs.
+    #[arg(long, env = "PGRELAY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// JWKS file (a JSON Web Key Set) whose RS256/ES256 keys verify client JWTs.
+    #[arg(long, env = "PGRELAY_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
 
     /// Channel whose presence `track({user_id, poll_id?})` starts a `button_holds` row that the
     /// relay keeps alive and ends on untrack, leave or disconnect. Empty to turn off.
@@ -312,6 +345,12 @@ pub struct Config {
     /// How long changes stay in the change log (catch-up and server-sent events reach back
     /// this far).
     pub retention: Duration,
+    /// HS256 shared secret for JWTs (auth is on when any key is configured).
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RS256 or ES256) for JWTs.
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file (RS256/ES256 keys, matched by `kid`).
+    pub jwks_file: Option<PathBuf>,
     /// The channel whose presence tracks with a `user_id` start relay-run holds (`None`: off).
     pub hold_channel: Option<String>,
     /// How often the relay refreshes `last_heartbeat` of the holds it runs (one statement).
@@ -332,6 +371,9 @@ impl Config {
             triggers_dir: None,
             startup_timeout: Some(Duration::ZERO),
             retention: Duration::from_secs(15 * 60),
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwks_file: None,
             hold_channel: Some("button-presence".to_owned()),
             hold_heartbeat: Duration::from_secs(3),
             cleanup: None,

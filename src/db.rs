@@ -25,6 +25,10 @@ const EMBEDDED_TRIGGERS: &[(&str, &str)] = &[
         include_str!("../triggers/button_holds.sql"),
     ),
     ("polls.sql", include_str!("../triggers/polls.sql")),
+    (
+        "pgrelay_read_policies.sql",
+        include_str!("../triggers/pgrelay_read_policies.sql"),
+    ),
     ("profiles.sql", include_str!("../triggers/profiles.sql")),
     ("user_votes.sql", include_str!("../triggers/user_votes.sql")),
 ];

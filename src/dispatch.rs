@@ -51,6 +51,10 @@ pub struct Dispatcher {
     /// Latest watermark snapshot, published for readers of the change log (server-sent
     /// events) that follow the relay's windows.
     pub watermark_tx: watch::Sender<Option<String>>,
+    /// Told about every change, to re-run the live queries that depend on it.
+    pub live: Option<Arc<crate::aggregate::LiveQueries>>,
+    /// Reloaded when `pgrelay.read_policies` changes (the table is published to the relay).
+    pub policies: Option<Arc<crate::policy::Policies>>,
     watermark: Option<String>,
     delivered: HashSet<i64>,
     delivered_prev: HashSet<i64>,
@@ -72,6 +76,8 @@ impl Dispatcher {
             metrics,
             markers,
             watermark_tx,
+            policies: None,
+            live: None,
             watermark: None,
             delivered: HashSet::new(),
             delivered_prev: HashSet::new(),
@@ -102,6 +108,9 @@ impl Dispatcher {
     async fn on_payload(&mut self, payload: &str) {
         match change::decode(payload, &self.catalog).await {
             Ok(Notice::Change(change)) => {
+                if change.schema == "pgrelay" && change.table == "read_policies" {
+                    self.reload_policies();
+                }
                 self.deliver(&change);
             }
             Ok(Notice::Marker(m)) if m.relay == self.markers.relay_id => {
@@ -115,6 +124,20 @@ impl Dispatcher {
                 error!(error_code = err.code(), cause = %err, payload = %truncated(payload), "change dropped");
             }
         }
+    }
+
+    /// Reload read policies in the background; joins from now on use the new ones.
+    fn reload_policies(&self) {
+        let Some(policies) = self.policies.clone() else {
+            return;
+        };
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            match policies.load(&pool).await {
+                Ok(n) => info!(policies = n, "read policies reloaded"),
+                Err(e) => warn!(cause = %e, "read policies not reloaded"),
+            }
+        });
     }
 
     /// Route a change unless it was already delivered. Returns whether it was delivered.
@@ -132,6 +155,9 @@ impl Dispatcher {
         }
         Metrics::inc(&self.metrics.changes_total);
         self.router.deliver(change);
+        if let Some(live) = &self.live {
+            live.touched(&change.schema, &change.table);
+        }
         if let Some(at) = parse_commit_timestamp(&change.commit_timestamp) {
             let lag = chrono::Utc::now() - at;
             self.metrics

@@ -9,6 +9,9 @@
 //! - [`filter`]: `column=op.value` filters, parsed and evaluated by column type.
 //! - [`dispatch`]: the ordered stream of changes: live, de-duplicated, caught up after a gap.
 //! - [`watermark`]: markers that prove which changes came through.
+//! - [`auth`]: JWT verification and claims.
+//! - [`policy`]: read policies (which rows a role may receive), evaluated in memory.
+//! - [`aggregate`]: live aggregate topics, re-run on change and pushed when they differ.
 //! - [`router`]: the subscription index; a change → frames on socket queues.
 //! - [`holds`]: relay-run press-and-hold sessions (track on the hold channel).
 //! - [`presence`]: presence state per topic and its diffs.
@@ -19,8 +22,12 @@
 //! - [`server`]: routes, admission, task tracking, shutdown.
 //! - [`metrics`]: counters and histograms, rendered at `/metrics`.
 //! - [`cleanup`]: ending stale hold sessions and pruning the change log.
+//! - [`pginstance`]: the private PostgreSQL of a zero-configuration start.
 //! - [`shutdown`]: the shutdown signal and completion tracking.
 
+pub mod aggregate;
+pub mod api;
+pub mod auth;
 pub mod change;
 pub mod channel;
 pub mod cleanup;
@@ -31,6 +38,8 @@ pub mod filter;
 pub mod holds;
 pub mod listener;
 pub mod metrics;
+pub mod pginstance;
+pub mod policy;
 pub mod presence;
 pub mod protocol;
 pub mod router;

@@ -10,21 +10,16 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use pgrelay::config::{
-    CleanupArgs, Cli, Command, ServeArgs, Timeout, TriggersArgs, TriggersCommand,
+    CleanupArgs, Cli, Command, LogFormat, ServeArgs, Timeout, TriggersArgs, TriggersCommand,
     DEFAULT_DATABASE_URL,
 };
 use pgrelay::shutdown::ShutdownController;
-use pgrelay::{cleanup, db, server, Config};
+use pgrelay::{cleanup, db, pginstance, server, Config};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let log_format = cli.log_format;
+    init_logging(log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -35,10 +30,32 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line naming the cause chain; no backtrace.
-            eprintln!("pgrelay: error: {e:#}");
+            // One line naming the cause chain; no backtrace. A log collector reading JSON
+            // gets it as one more JSON line.
+            match log_format {
+                LogFormat::Text => eprintln!("pgrelay: error: {e:#}"),
+                LogFormat::Json => tracing::error!("pgrelay: error: {e:#}"),
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`): text for people, or one JSON
+/// object per line carrying the fields of the enclosing spans (`socket_id`, …).
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
     }
 }
 
@@ -99,6 +116,14 @@ async fn serve(
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // Zero configuration: with no DATABASE_URL and nothing on the default address, a private
+    // PostgreSQL under .pgrelay/, stopped when the relay stops.
+    let private = if explicit_url {
+        None
+    } else {
+        pginstance::zero_config().await?
+    };
+    let database_url = private.as_ref().map_or(database_url, |p| p.url.clone());
     let cleanup = args.session_cleanup();
     let config = Config {
         database_url,
@@ -107,12 +132,19 @@ async fn serve(
         triggers_dir: args.triggers.triggers_dir,
         startup_timeout: startup_timeout(args.startup_timeout, explicit_url),
         retention: args.retention,
+        jwt_secret: args.jwt_secret,
+        jwt_public_key: args.jwt_public_key,
+        jwks_file: args.jwks_file,
         hold_channel: Some(args.hold_channel).filter(|c| !c.is_empty()),
         hold_heartbeat: args.hold_heartbeat,
         cleanup,
         limits: args.limits,
     };
-    server::run(config, listener, shutdown_signal()).await?;
+    let served = server::run(config, listener, shutdown_signal()).await;
+    if let Some(private) = private {
+        let _ = tokio::task::spawn_blocking(move || private.stop()).await;
+    }
+    served?;
     Ok(())
 }
 

@@ -19,7 +19,10 @@ use tracing::{info, warn};
 use warp::http::StatusCode;
 use warp::Filter;
 
+use crate::aggregate::{self, LiveQueries};
+use crate::auth::{self, AuthError, Claims, Verifier};
 use crate::change::Catalog;
+use crate::channel;
 use crate::cleanup;
 use crate::config::{Config, Limits};
 use crate::db::{self, DbError};
@@ -27,6 +30,7 @@ use crate::dispatch::Dispatcher;
 use crate::holds::{self, Holds};
 use crate::listener::{self, ListenerConfig};
 use crate::metrics::{Gauges, Metrics};
+use crate::policy::Policies;
 use crate::protocol::Vsn;
 use crate::protocol::TOPIC_PREFIX;
 use crate::router::{Broadcast, Router, TopicKey};
@@ -43,6 +47,8 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 pub enum ServerError {
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Shared by every route and task.
@@ -65,6 +71,11 @@ struct Relay {
     listening: watch::Receiver<bool>,
     /// Latest watermark snapshot, for readers of the change log.
     watermark: watch::Receiver<Option<String>>,
+    /// Token verification; `None`: auth off.
+    auth: Option<Arc<Verifier>>,
+    policies: Arc<Policies>,
+    /// Live aggregate topics, once the database is set up.
+    live: std::sync::OnceLock<Arc<LiveQueries>>,
     /// Relay-run holds and their topic, once the database is set up.
     holds: std::sync::OnceLock<(Holds, Arc<str>)>,
 }
@@ -72,6 +83,21 @@ struct Relay {
 impl Relay {
     fn is_ready(&self) -> bool {
         *self.started.borrow() && *self.listening.borrow()
+    }
+
+    /// The identity of an HTTP request (`Authorization: Bearer`, else an `apikey` parameter);
+    /// `Ok(None)` when auth is off.
+    fn identify(
+        &self,
+        apikey: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Result<Option<Claims>, AuthError> {
+        let Some(verifier) = &self.auth else {
+            return Ok(None);
+        };
+        let bearer = authorization.and_then(|h| h.strip_prefix("Bearer ").map(str::trim));
+        let token = bearer.or(apikey).ok_or(AuthError::Missing)?;
+        verifier.verify(token, auth::now()).map(Some)
     }
 }
 
@@ -90,6 +116,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let pool = db::build_pool(&config.database_url, config.pool_size)?;
+    let auth = Verifier::from_config(
+        config.jwt_secret.as_deref(),
+        config.jwt_public_key.as_deref(),
+        config.jwks_file.as_deref(),
+    )
+    .map_err(ServerError::Config)?
+    .map(Arc::new);
+    if auth.is_none() {
+        warn!(
+            error_code = "AuthOff",
+            "AUTH IS OFF: no PGRELAY_JWT_SECRET, PGRELAY_JWT_PUBLIC_KEY or PGRELAY_JWKS_FILE is set, \
+             so any client may connect and read every published row; read policies are not applied"
+        );
+    }
+    let policies = Arc::new(Policies::default());
     let controller = ShutdownController::new();
     let limits = Arc::new(config.limits.clone());
     let metrics = Arc::new(Metrics::default());
@@ -112,6 +153,9 @@ pub async fn run(
         listening,
         watermark,
         holds: std::sync::OnceLock::new(),
+        live: std::sync::OnceLock::new(),
+        auth,
+        policies: policies.clone(),
     });
     let addr = listener.local_addr().ok();
     info!(addr = %addr.map_or_else(|| "?".into(), |a: SocketAddr| a.to_string()), "pgrelay listening");
@@ -147,23 +191,30 @@ pub async fn run(
         let (source, files) =
             db::apply_triggers(&pool, config.triggers_dir.as_deref(), &config.channel).await?;
         info!(source = %source, files, channel = %config.channel, "triggers applied");
-        Ok::<_, ServerError>(())
+        let n = policies.load(&pool).await?;
+        info!(policies = n, "read policies loaded");
+        let live = Arc::new(LiveQueries::load(&pool).await?);
+        Ok::<_, ServerError>(live)
     };
     let mut stopping = stop_rx.clone();
     let setup_result = tokio::select! {
-        r = setup => r,
-        _ = stopping.wait_for(|s| *s) => Ok(()),
+        r = setup => r.map(Some),
+        _ = stopping.wait_for(|s| *s) => Ok(None),
     };
-    if let Err(e) = setup_result {
-        let _ = stop_tx.send(true);
-        user_stop.abort();
-        let _ = http.await;
-        drop(relay);
-        controller.shutdown().await;
-        return Err(e);
-    }
+    let live = match setup_result {
+        Ok(live) => live,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            user_stop.abort();
+            let _ = http.await;
+            drop(relay);
+            controller.shutdown().await;
+            return Err(e);
+        }
+    };
 
-    if !*stop_rx.borrow() {
+    if let Some(live) = live.filter(|_| !*stop_rx.borrow()) {
+        let _ = relay.live.set(live.clone());
         if let Some(channel) = &config.hold_channel {
             let (holds, task) =
                 holds::spawn(pool.clone(), config.hold_heartbeat, controller.subscribe());
@@ -184,6 +235,8 @@ pub async fn run(
             metrics,
             listening_tx,
             watermark_tx,
+            policies.clone(),
+            live,
         )?;
         let _ = started_tx.send(true);
     }
@@ -220,7 +273,10 @@ fn start_pipeline(
     metrics: Arc<Metrics>,
     listening_tx: watch::Sender<bool>,
     watermark_tx: watch::Sender<Option<String>>,
+    policies: Arc<Policies>,
+    live: Arc<LiveQueries>,
 ) -> Result<(), ServerError> {
+    let router_for_live = router.clone();
     let limits = &config.limits;
     let (events_tx, events_rx) = mpsc::channel(limits.change_buffer.max(1));
     let markers = Arc::new(Markers::new(pool.clone(), config.channel.clone()));
@@ -245,7 +301,7 @@ fn start_pipeline(
         listening_tx,
         controller.subscribe(),
     )));
-    let dispatcher = Dispatcher::new(
+    let mut dispatcher = Dispatcher::new(
         catalog,
         router,
         pool.clone(),
@@ -253,6 +309,14 @@ fn start_pipeline(
         markers.clone(),
         watermark_tx,
     );
+    dispatcher.policies = Some(policies);
+    dispatcher.live = Some(live.clone());
+    spawn(Box::pin(aggregate::run(
+        live,
+        pool.clone(),
+        router_for_live,
+        controller.subscribe(),
+    )));
     spawn(Box::pin(dispatcher.run(events_rx)));
     spawn(Box::pin(watermark::run(
         markers,
@@ -292,6 +356,10 @@ fn routes(
         .and(with_relay.clone())
         .map(upgrade);
     let health = warp::path!("health").map(|| "ok");
+    // The inspector: one self-contained page, built into the binary.
+    let inspector = warp::path::end()
+        .and(warp::get())
+        .map(|| warp::reply::html(include_str!("../static/inspector.html")));
     let metrics =
         warp::path!("metrics")
             .and(with_relay.clone())
@@ -330,12 +398,15 @@ fn routes(
         .and(warp::get())
         .and(raw_query)
         .and(warp::header::optional::<String>("last-event-id"))
+        .and(warp::header::optional::<String>("authorization"))
         .and(with_relay.clone())
         .then(server_sent_events);
     let max_body = u64::try_from(relay.limits.max_message_bytes).unwrap_or(u64::MAX);
     let broadcast_batch = warp::path!("realtime" / "v1" / "api" / "broadcast")
         .and(warp::post())
         .and(warp::body::content_length_limit(max_body))
+        .and(raw_query)
+        .and(warp::header::optional::<String>("authorization"))
         .and(warp::body::bytes())
         .and(with_relay.clone())
         .map(rest_broadcast_batch);
@@ -344,6 +415,7 @@ fn routes(
             .and(warp::post())
             .and(raw_query)
             .and(warp::header::optional::<String>("content-type"))
+            .and(warp::header::optional::<String>("authorization"))
             .and(warp::body::content_length_limit(max_body))
             .and(warp::body::bytes())
             .and(with_relay.clone())
@@ -353,8 +425,10 @@ fn routes(
         .or(broadcast_one)
         .or(changes)
         .or(health)
+        .or(inspector)
         .or(metrics)
         .or(ready)
+        .or(crate::api::routes(relay.pool.clone()))
         .recover(|_rej: warp::Rejection| async {
             Ok::<_, Infallible>(json_error(StatusCode::NOT_FOUND, "Not found"))
         })
@@ -362,8 +436,20 @@ fn routes(
 
 /// `POST /realtime/v1/api/broadcast`: `{"messages":[{"topic","event","payload","private"?}]}`,
 /// the batch endpoint supabase-js falls back to when a channel is not joined. 202, no body.
-fn rest_broadcast_batch(body: bytes::Bytes, relay: Arc<Relay>) -> warp::reply::Response {
+fn rest_broadcast_batch(
+    query: String,
+    authorization: Option<String>,
+    body: bytes::Bytes,
+    relay: Arc<Relay>,
+) -> warp::reply::Response {
     use warp::Reply;
+    let params = parse_query(&query);
+    if let Err(e) = relay.identify(
+        params.get("apikey").map(String::as_str),
+        authorization.as_deref(),
+    ) {
+        return json_error(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
     #[derive(serde::Deserialize)]
     struct Batch {
         messages: Vec<Msg>,
@@ -405,11 +491,18 @@ fn rest_broadcast_one(
     event: String,
     query: String,
     content_type: Option<String>,
+    authorization: Option<String>,
     body: bytes::Bytes,
     relay: Arc<Relay>,
 ) -> warp::reply::Response {
     use warp::Reply;
     let params = parse_query(&query);
+    if let Err(e) = relay.identify(
+        params.get("apikey").map(String::as_str),
+        authorization.as_deref(),
+    ) {
+        return json_error(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
     let private = params
         .get("private")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
@@ -449,6 +542,7 @@ fn rest_broadcast_one(
 async fn server_sent_events(
     query: String,
     last_event_id: Option<String>,
+    bearer: Option<String>,
     relay: Arc<Relay>,
 ) -> warp::reply::Response {
     use warp::Reply;
@@ -465,7 +559,16 @@ async fn server_sent_events(
             )
         }
     };
-    let binding = match sse::binding_from_query(&relay.catalog, &parse_query(&query)).await {
+    let params = parse_query(&query);
+    let claims = match relay.identify(params.get("apikey").map(String::as_str), bearer.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
+    };
+    let access = claims.as_ref().map(|claims| channel::Access {
+        policies: &relay.policies,
+        claims,
+    });
+    let binding = match sse::binding_from_query(&relay.catalog, &params, access).await {
         Ok(b) => b,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
@@ -521,8 +624,23 @@ fn upgrade(ws: warp::ws::Ws, query: String, relay: Arc<Relay>) -> warp::reply::R
         return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
     };
     let max = relay.limits.max_message_bytes;
+    let claims = match &relay.auth {
+        None => None,
+        Some(verifier) => match params
+            .get("apikey")
+            .map(|k| verifier.verify(k, auth::now()))
+        {
+            Some(Ok(claims)) => Some(claims),
+            Some(Err(e)) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
+            None => return json_error(StatusCode::UNAUTHORIZED, &AuthError::Missing.to_string()),
+        },
+    };
     Metrics::inc(&relay.metrics.connections_total);
     let ctx = SocketContext {
+        live: relay.live.get().cloned(),
+        auth: relay.auth.clone(),
+        claims,
+        policies: relay.policies.clone(),
         holds: relay.holds.get().cloned(),
         metrics: relay.metrics.clone(),
         router: relay.router.clone(),

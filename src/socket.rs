@@ -20,11 +20,14 @@ use tokio::time::Instant;
 use tracing::{debug, info, instrument, warn};
 use warp::ws::Message;
 
+use crate::aggregate::{self, LiveQueries};
+use crate::auth::{self, AuthError, Claims, Verifier};
 use crate::change::Catalog;
-use crate::channel::{self, Channels, JoinError, Joined};
+use crate::channel::{self, Access, Channels, JoinError, Joined};
 use crate::config::Limits;
 use crate::holds::{HoldRequest, Holds};
 use crate::metrics::Metrics;
+use crate::policy::Policies;
 use crate::presence;
 use crate::protocol::{self, Vsn, PHOENIX_TOPIC, TOPIC_PREFIX};
 use crate::router::{
@@ -45,6 +48,13 @@ const WRITE_BATCH: usize = 256;
 /// What a socket task needs from the relay.
 #[derive(Debug, Clone)]
 pub struct SocketContext {
+    /// Live aggregate topics: a join gets the current value.
+    pub live: Option<Arc<LiveQueries>>,
+    /// Token verification; `None` when auth is off.
+    pub auth: Option<Arc<Verifier>>,
+    /// The identity the socket connected with (its `apikey`), when auth is on.
+    pub claims: Option<Claims>,
+    pub policies: Arc<Policies>,
     pub metrics: Arc<Metrics>,
     /// Relay-run holds, and the topic whose tracks start them.
     pub holds: Option<(Holds, Arc<str>)>,
@@ -156,6 +166,7 @@ where
         let idle = self.ctx.limits.heartbeat_timeout;
         let mut deadline = Instant::now() + idle;
         loop {
+            let expiry = self.next_expiry();
             tokio::select! {
                 biased;
                 _ = shutdown.recv() => return End::Shutdown,
@@ -180,6 +191,11 @@ where
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => return End::HeartbeatTimeout,
+                _ = sleep_until_opt(expiry) => {
+                    if let Err(e) = self.expire_channels().await {
+                        return End::Transport(e);
+                    }
+                }
             }
         }
     }
@@ -311,7 +327,7 @@ where
             "phx_leave" => self.leave(&m).await,
             // Token refresh: auth is not enforced by this relay yet, and the client expects
             // no reply.
-            "access_token" => Ok(()),
+            "access_token" => self.refresh_token(&m).await,
             "presence" => {
                 let result = self.presence(&m.topic, &m.payload).await;
                 let reply = match result {
@@ -358,6 +374,15 @@ where
             }
         };
 
+        let claims = match self.join_claims(&m.payload) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(topic = %topic, error_code = e.code(), "join refused: {e}");
+                let reply = protocol::reply_error(vsn, jr, r, &topic, &e.reason());
+                return self.send(reply).await;
+            }
+        };
+
         let (echo, ids) = channel::reply_bindings(&request.bindings);
         let mut response = Map::new();
         response.insert("postgres_changes".into(), echo);
@@ -388,6 +413,7 @@ where
                     .clone()
                     .unwrap_or_else(presence::random_key),
                 broadcast_ack: request.broadcast_ack,
+                claims: claims.clone(),
             },
         );
         if let Some(state) = state {
@@ -395,27 +421,147 @@ where
             let state = protocol::encode(vsn, jr, None, &topic, "presence_state", &state);
             self.send(state).await?;
         }
+        if let Some(value) = self.ctx.live.as_ref().and_then(|l| l.current(&topic)) {
+            let update = aggregate::update(&value);
+            self.send(protocol::encode(
+                vsn,
+                None,
+                None,
+                &topic,
+                "broadcast",
+                &update,
+            ))
+            .await?;
+        }
         if request.bindings.is_empty() {
             return Ok(());
         }
-        let system = match channel::validate(&self.ctx.catalog, &request.bindings, &ids).await {
-            Ok(bindings) => {
-                self.ctx.router.subscribe(self.id, &topic, bindings);
-                protocol::system(
-                    vsn,
-                    jr,
-                    &topic,
-                    "postgres_changes",
-                    "ok",
-                    "Subscribed to PostgreSQL",
-                )
-            }
-            Err(reason) => {
-                debug!(topic = %topic, %reason, "postgres_changes subscription refused");
-                protocol::system(vsn, jr, &topic, "postgres_changes", "error", &reason)
-            }
-        };
+        let access = claims.as_ref().map(|claims| Access {
+            policies: &self.ctx.policies,
+            claims,
+        });
+        let system =
+            match channel::validate(&self.ctx.catalog, &request.bindings, &ids, access).await {
+                Ok(bindings) => {
+                    self.ctx.router.subscribe(self.id, &topic, bindings);
+                    protocol::system(
+                        vsn,
+                        jr,
+                        &topic,
+                        "postgres_changes",
+                        "ok",
+                        "Subscribed to PostgreSQL",
+                    )
+                }
+                Err(reason) => {
+                    debug!(topic = %topic, %reason, "postgres_changes subscription refused");
+                    protocol::system(vsn, jr, &topic, "postgres_changes", "error", &reason)
+                }
+            };
         self.send(system).await
+    }
+
+    /// The identity a join acts with: its `access_token` when it brings one (other than a
+    /// project key), else the socket's connect-time identity. `None` when auth is off.
+    fn join_claims(&self, payload: &Value) -> Result<Option<Claims>, AuthError> {
+        let Some(verifier) = &self.ctx.auth else {
+            return Ok(None);
+        };
+        let token = payload
+            .get("access_token")
+            .or_else(|| payload.get("user_token"))
+            .and_then(Value::as_str);
+        match token {
+            Some(t) if !auth::is_project_key(t) => verifier.verify(t, auth::now()).map(Some),
+            _ => self.ctx.claims.clone().map(Some).ok_or(AuthError::Missing),
+        }
+    }
+
+    /// An `access_token` push (no reply expected): a valid token for the same identity
+    /// extends the channel; anything else closes it with a `system` message.
+    async fn refresh_token(&mut self, m: &protocol::Message) -> Result<(), String> {
+        let Some(verifier) = self.ctx.auth.clone() else {
+            return Ok(());
+        };
+        let Some(token) = m.payload.get("access_token").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        if auth::is_project_key(token) {
+            return Ok(());
+        }
+        let verdict = verifier.verify(token, auth::now());
+        let Some(joined) = self.channels.by_topic.get_mut(m.topic.as_str()) else {
+            return Ok(());
+        };
+        match verdict {
+            Ok(new) => {
+                let same = joined
+                    .claims
+                    .as_ref()
+                    .is_none_or(|old| old.sub == new.sub && old.role == new.role);
+                if same {
+                    joined.claims = Some(new);
+                    return Ok(());
+                }
+                let why = format!(
+                    "You no longer have permission to read from this Channel topic: {}",
+                    protocol::subtopic(&m.topic)
+                );
+                self.close_channel(&m.topic, &why).await
+            }
+            Err(e) => self.close_channel(&m.topic, &e.to_string()).await,
+        }
+    }
+
+    /// Close a channel on the relay's initiative: a `system` error saying why, then
+    /// `phx_close` (the client does not rejoin).
+    async fn close_channel(&mut self, topic: &str, why: &str) -> Result<(), String> {
+        let Some(joined) = self.channels.by_topic.remove(topic) else {
+            return Ok(());
+        };
+        self.ctx.router.unsubscribe(self.id, topic);
+        self.ctx.router.leave_topic(self.id, &joined.key);
+        if self.holds_for(topic).is_some() {
+            self.end_hold();
+        }
+        let jr = joined.join_ref.as_deref();
+        self.send(protocol::system(
+            self.vsn, jr, topic, "system", "error", why,
+        ))
+        .await?;
+        self.send(protocol::encode(self.vsn, jr, jr, topic, "phx_close", "{}"))
+            .await
+    }
+
+    /// When the first channel token expires (`None` if none will).
+    fn next_expiry(&self) -> Option<Instant> {
+        let exp = self
+            .channels
+            .by_topic
+            .values()
+            .filter_map(|j| j.claims.as_ref().map(|c| c.exp))
+            .min()?;
+        let secs = u64::try_from(exp.saturating_sub(auth::now())).unwrap_or(0);
+        Some(Instant::now() + Duration::from_secs(secs))
+    }
+
+    /// Close every channel whose token has expired, as Supabase does.
+    async fn expire_channels(&mut self) -> Result<(), String> {
+        let now = auth::now();
+        let expired: Vec<(Arc<str>, i64)> = self
+            .channels
+            .by_topic
+            .iter()
+            .filter_map(|(t, j)| {
+                let ago = j.claims.as_ref()?.expired_for(now)?;
+                Some((t.clone(), ago))
+            })
+            .collect();
+        for (topic, ago) in expired {
+            let why = AuthError::Expired(ago).to_string();
+            self.close_channel(&topic, &why).await?;
+        }
+        Ok(())
     }
 
     /// The hold task, when `topic` is the hold channel.
@@ -462,7 +608,23 @@ where
                 if let Some(holds) = self.holds_for(topic) {
                     // On the hold channel a track with a user starts a relay-run hold; the
                     // presence shows only once the row exists.
-                    if let Some(request) = HoldRequest::from_payload(meta)? {
+                    // With auth on, the holder is the token's user, never the payload's.
+                    let request = match &joined.claims {
+                        Some(claims) => {
+                            let user_id = claims
+                                .sub
+                                .clone()
+                                .ok_or("HoldRefused: a hold needs a token with a sub claim")?;
+                            let poll_id = HoldRequest::from_payload(meta)
+                                .ok()
+                                .flatten()
+                                .and_then(|r| r.poll_id)
+                                .or_else(|| meta.get("poll_id").and_then(Value::as_i64));
+                            Some(HoldRequest { user_id, poll_id })
+                        }
+                        None => HoldRequest::from_payload(meta)?,
+                    };
+                    if let Some(request) = request {
                         holds.start(self.id, request).await?;
                     }
                 }
@@ -592,7 +754,9 @@ where
     /// Say goodbye the way the reason calls for; best effort, bounded in time.
     async fn close(&mut self, end: &End) {
         let frame = match end {
-            End::ClientClosed | End::Transport(_) => None,
+            End::ClientClosed => None,
+            // A WebSocket protocol violation from the client: say which, with its code.
+            End::Transport(cause) => ws_error_close(cause),
             End::Shutdown => Some((1001, "server shutting down".to_owned())),
             End::HeartbeatTimeout => Some((1000, "heartbeat timeout".to_owned())),
             End::CutOff(why) => {
@@ -631,6 +795,31 @@ where
             .await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close()).await;
+    }
+}
+
+/// The close frame for a transport error the client caused (RFC 6455 codes), if any.
+fn ws_error_close(cause: &str) -> Option<(u16, String)> {
+    let lower = cause.to_ascii_lowercase();
+    if lower.contains("message too long")
+        || lower.contains("space limit")
+        || lower.contains("too big")
+    {
+        Some((1009, "message too big".into()))
+    } else if lower.contains("utf-8") || lower.contains("utf8") {
+        Some((1007, "invalid UTF-8".into()))
+    } else if lower.contains("protocol") {
+        Some((1002, "protocol error".into()))
+    } else {
+        None
+    }
+}
+
+/// Sleep until `at`, or for ever when there is nothing to wait for.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -83,6 +83,7 @@ pub enum SseError {
 pub async fn binding_from_query(
     catalog: &Catalog,
     query: &std::collections::HashMap<String, String>,
+    access: Option<channel::Access<'_>>,
 ) -> Result<NewBinding, SseError> {
     let mut b = Map::new();
     for key in ["event", "schema", "table", "filter"] {
@@ -92,7 +93,7 @@ pub async fn binding_from_query(
     }
     b.entry("event")
         .or_insert_with(|| Value::String("*".into()));
-    let mut bindings = channel::validate(catalog, &[b], &[1])
+    let mut bindings = channel::validate(catalog, &[b], &[1], access)
         .await
         .map_err(SseError::Binding)?;
     bindings

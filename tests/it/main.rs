@@ -5,14 +5,23 @@
 
 mod support;
 
+mod api;
+mod auth;
 mod cleanup;
 mod cli;
+mod compose;
 mod delivery;
 mod faults;
 mod filters;
+mod fuzz;
 mod holds;
+mod hostile;
+mod inspector;
 mod lifecycle;
+mod live;
 mod ops;
 mod protocol;
 mod realtime;
 mod sse;
+mod startup;
+mod votes;

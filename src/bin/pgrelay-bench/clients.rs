@@ -74,13 +74,7 @@ pub(crate) struct RecvStats {
 
 impl RecvStats {
     /// Account for one change frame received at `now` (µs).
-    pub(crate) fn on_change(
-        &mut self,
-        frame: &[u8],
-        now: i64,
-        win: (i64, i64),
-        keys: &[&[u8]],
-    ) {
+    pub(crate) fn on_change(&mut self, frame: &[u8], now: i64, win: (i64, i64), keys: &[&[u8]]) {
         self.frames += 1;
         if now >= win.0 && now < win.1 {
             self.during_window += 1;
@@ -135,7 +129,6 @@ pub(crate) struct ClientSpec {
 #[derive(Debug, Default)]
 pub(crate) struct ClientStats {
     pub(crate) ready: bool,
-    pub(crate) setup_error: Option<String>,
     pub(crate) recv: RecvStats,
     /// Error replies, `system` errors, `phx_error`/`phx_close`, unreadable frames.
     pub(crate) errors: u64,
@@ -201,9 +194,7 @@ impl Client {
                     if !f.fin {
                         self.fragment = Some((op, data));
                     } else if is_change(&data) {
-                        self.stats
-                            .recv
-                            .on_change(&data, now, win, self.shared.keys);
+                        self.stats.recv.on_change(&data, now, win, self.shared.keys);
                     } else if op == ws::OP_TEXT {
                         self.on_control(serde_json::from_slice::<Value>(&data));
                     }
@@ -238,11 +229,14 @@ impl Client {
                     .map_or_else(|| payload.to_string(), Value::to_string);
                 self.stats.error(format!("error reply: {reason}"));
             }
-            "system" if status == Some("ok") => {
-                if payload.get("extension").and_then(Value::as_str) == Some("postgres_changes") {
-                    self.subscribed += 1;
-                }
+            "system"
+                if status == Some("ok")
+                    && payload.get("extension").and_then(Value::as_str)
+                        == Some("postgres_changes") =>
+            {
+                self.subscribed += 1;
             }
+            "system" if status == Some("ok") => {}
             "system" => {
                 let msg = payload
                     .get("message")
@@ -256,14 +250,20 @@ impl Client {
 
     async fn flush_pong(&mut self) -> Result<(), End> {
         if let Some(p) = self.pong.take() {
-            self.ws.send(ws::OP_PONG, &p).await.map_err(End::Transport)?;
+            self.ws
+                .send(ws::OP_PONG, &p)
+                .await
+                .map_err(End::Transport)?;
         }
         Ok(())
     }
 
     async fn heartbeat(&mut self) -> Result<(), End> {
         self.next_ref += 1;
-        let hb = format!("[null,\"{}\",\"phoenix\",\"heartbeat\",{{}}]", self.next_ref);
+        let hb = format!(
+            "[null,\"{}\",\"phoenix\",\"heartbeat\",{{}}]",
+            self.next_ref
+        );
         self.ws.send_text(&hb).await.map_err(End::Transport)
     }
 }
@@ -306,7 +306,8 @@ async fn setup(
     }
     let wait = async {
         loop {
-            c.drain_frames(now_us(), shared.window()).map_err(describe)?;
+            c.drain_frames(now_us(), shared.window())
+                .map_err(describe)?;
             if let Some(e) = &c.stats.first_error {
                 return Err(e.clone());
             }
@@ -346,21 +347,20 @@ pub(crate) async fn run_client(
     let mut c = match setup(addr, seed, &spec, &shared).await {
         Ok(c) => c,
         Err(e) => {
-            let _ = ready.send(Err(e.clone()));
-            return ClientStats {
-                setup_error: Some(e),
-                ..ClientStats::default()
-            };
+            // Reported through `ready`; the stats stay not-ready.
+            let _ = ready.send(Err(e));
+            return ClientStats::default();
         }
     };
     drop(permit);
     c.stats.ready = true;
     let _ = ready.send(Ok(()));
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     let end: Option<End> = loop {
         tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => break None,
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break None,
             _ = heartbeat.tick() => {
                 if let Err(e) = c.heartbeat().await {
                     break Some(e);
@@ -419,6 +419,9 @@ mod tests {
         };
         let v: Value = serde_json::from_str(&join_frame(&ch, 3)).unwrap_or(Value::Null);
         assert_eq!(v[2], "realtime:bench");
-        assert_eq!(v[4]["config"]["postgres_changes"][0]["table"], "button_holds");
+        assert_eq!(
+            v[4]["config"]["postgres_changes"][0]["table"],
+            "button_holds"
+        );
     }
 }

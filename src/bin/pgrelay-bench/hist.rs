@@ -92,6 +92,9 @@ impl Histogram {
         if self.n == 0 {
             return 0;
         }
+        if q >= 1.0 {
+            return self.max;
+        }
         let rank = ((q.clamp(0.0, 1.0) * self.n as f64).ceil() as u64).max(1);
         let mut seen = 0u64;
         for (i, &c) in self.counts.iter().enumerate() {

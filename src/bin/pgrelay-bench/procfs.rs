@@ -1,6 +1,7 @@
 //! What the benchmark reads from /proc: CPU time and RSS of a process, the CPU time of every
 //! PostgreSQL process, whole-machine CPU, and the open-files limit.
 
+use std::collections::HashMap;
 use std::fs;
 
 /// Clock ticks per second for /proc CPU times (`getconf CLK_TCK`, else 100).
@@ -42,17 +43,36 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// CPU time of every process named `postgres` (server and backends), in clock ticks.
-pub(crate) fn postgres_ticks() -> u64 {
+/// CPU time per PostgreSQL process that works for this benchmark: the server's own
+/// processes (WAL writer, checkpointer, autovacuum, …) and the backends of database `db`;
+/// other databases' backends (other users of the server) are left out. Clock ticks by pid.
+pub(crate) fn postgres_ticks(db: &str) -> HashMap<u32, u64> {
     let Ok(dir) = fs::read_dir("/proc") else {
-        return 0;
+        return HashMap::new();
     };
+    let needle = format!(" {db} ");
     dir.filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        .filter_map(|pid| stat(&pid))
-        .filter(|(comm, _)| comm == "postgres")
-        .map(|(_, t)| t)
+        .filter_map(|pid| pid.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let (comm, ticks) = stat(&pid.to_string())?;
+            if comm != "postgres" {
+                return None;
+            }
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let backend =
+                cmd.contains("127.0.0.1(") || cmd.contains("[local]") || cmd.contains("::1(");
+            (!backend || cmd.contains(&needle)).then_some((pid, ticks))
+        })
+        .collect()
+}
+
+/// Ticks spent between two [`postgres_ticks`] samples: processes that started in between
+/// count whole; those that ended are missed.
+pub(crate) fn ticks_between(a: &HashMap<u32, u64>, b: &HashMap<u32, u64>) -> u64 {
+    b.iter()
+        .map(|(pid, &t)| t.saturating_sub(a.get(pid).copied().unwrap_or(0)))
         .sum()
 }
 

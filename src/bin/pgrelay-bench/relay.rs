@@ -67,6 +67,30 @@ pub(crate) async fn prepare_schema(bin: &Path, db_url: &str) -> Result<(), Strin
     Ok(())
 }
 
+/// The status line of a plain HTTP GET.
+async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&buf)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned())
+}
+
 #[derive(Debug)]
 pub(crate) struct Relay {
     child: Child,
@@ -159,12 +183,31 @@ impl Relay {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.trim_matches('"').parse::<SocketAddr>().ok())
             .ok_or_else(|| format!("cannot read the address from: {line}"))?;
-        Ok(Relay {
+        let relay = Relay {
             child,
             pid,
             addr,
             warnings,
-        })
+        };
+        relay.wait_ready().await?;
+        Ok(relay)
+    }
+
+    /// The relay serves HTTP before its database is set up: wait until `/ready` says 200.
+    async fn wait_ready(&self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            match http_get(self.addr, "/ready").await {
+                Ok(status) if status.starts_with("HTTP/1.1 200") => return Ok(()),
+                Ok(status) => last = status,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "the relay was not ready within {START_TIMEOUT:?} (/ready: {last})"
+        ))
     }
 
     /// SIGTERM, wait, then kill if it is still there.

@@ -232,10 +232,7 @@ impl WsClient {
         let mask = self.next_mask();
         out.extend_from_slice(&mask);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream
-            .write_all(&out)
-            .await
-            .map_err(|e| e.to_string())
+        self.stream.write_all(&out).await.map_err(|e| e.to_string())
     }
 
     pub(crate) async fn send_text(&mut self, text: &str) -> Result<(), String> {

@@ -1,0 +1,576 @@
+//! One benchmark run: database, relay, clients, writers, the measured window, the drain, and
+//! an orderly teardown.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::clients::{self, ChannelSpec, ClientSpec, ClientStats, Interest, RecvStats, Shared};
+use crate::db::{self, BenchDb, Workload, WriteCounts, WritePlan, HOLD_END, HOLD_START, VOTE};
+use crate::procfs;
+use crate::relay::{self, Relay};
+use crate::report::{Cpu, Report};
+use crate::ts::now_us;
+use crate::Opts;
+
+/// The NOTIFY channel (the relay's default).
+const CHANNEL: &str = "pgrelay";
+/// Delay between planning the writes and the first write (writers connect meanwhile).
+const WRITE_LEAD: Duration = Duration::from_millis(300);
+/// The drain ends early when no in-window delivery arrived for this long.
+const DRAIN_STALL: Duration = Duration::from_secs(2);
+/// How long clients get to close after the run.
+const CLIENT_STOP: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Baseline,
+    Fanout,
+    Filtered,
+    Idle,
+    Mixed,
+}
+
+impl Kind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Baseline => "baseline",
+            Kind::Fanout => "fanout",
+            Kind::Filtered => "filtered",
+            Kind::Idle => "idle",
+            Kind::Mixed => "mixed",
+        }
+    }
+}
+
+/// Options with every scenario default applied.
+#[derive(Debug, Clone)]
+pub(crate) struct Params {
+    pub(crate) kind: Kind,
+    pub(crate) clients: usize,
+    pub(crate) writers: usize,
+    pub(crate) rate: f64,
+    pub(crate) duration: Duration,
+    pub(crate) warmup: Duration,
+    pub(crate) drain: Duration,
+    pub(crate) settle: Duration,
+    pub(crate) polls: usize,
+    pub(crate) profiles: usize,
+    pub(crate) workload: Workload,
+    pub(crate) synchronous_commit: Option<String>,
+    pub(crate) relay_bin: Option<PathBuf>,
+    pub(crate) relay_args: Vec<String>,
+    pub(crate) relay_log: String,
+    pub(crate) database_url: String,
+    pub(crate) connect_concurrency: usize,
+    pub(crate) threads: usize,
+    pub(crate) json: bool,
+    pub(crate) label: Option<String>,
+}
+
+fn secs(what: &str, v: f64, min: f64) -> Result<Duration, String> {
+    if !v.is_finite() || v < min || v > 3600.0 {
+        return Err(format!("--{what} must be between {min} and 3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl Params {
+    pub(crate) fn resolve(kind: Kind, o: Opts) -> Result<Params, String> {
+        if o.workload.is_some() && kind != Kind::Baseline {
+            return Err("--workload applies to `baseline` only (mixed is always `app`)".into());
+        }
+        let workload = match kind {
+            Kind::Baseline => o.workload.unwrap_or(Workload::Holds),
+            Kind::Mixed => Workload::App,
+            _ => Workload::Holds,
+        };
+        let clients = match kind {
+            Kind::Baseline => 0,
+            Kind::Idle => o.clients.unwrap_or(10_000),
+            _ => o.clients.unwrap_or(1000),
+        };
+        if kind != Kind::Baseline && clients == 0 {
+            return Err("--clients must be at least 1".into());
+        }
+        let writers = match kind {
+            Kind::Idle => 0,
+            _ => o.writers.unwrap_or(4),
+        };
+        if kind != Kind::Idle && writers == 0 {
+            return Err("--writers must be at least 1".into());
+        }
+        let rate = o.rate.unwrap_or(match kind {
+            Kind::Baseline | Kind::Idle => 0.0,
+            Kind::Fanout => 100.0,
+            Kind::Filtered => 1000.0,
+            Kind::Mixed => 60.0,
+        });
+        if !rate.is_finite() || rate < 0.0 {
+            return Err("--rate must be 0 (as fast as possible) or positive".into());
+        }
+        let polls = o.polls.unwrap_or(match kind {
+            Kind::Filtered | Kind::Idle => clients,
+            Kind::Mixed => 100,
+            _ => 10,
+        });
+        if polls == 0 {
+            return Err("--polls must be at least 1".into());
+        }
+        let profiles = o.profiles.unwrap_or(match (kind, workload) {
+            (Kind::Mixed, _) => clients,
+            (_, Workload::App) => 1000,
+            _ => 8,
+        });
+        if profiles == 0 {
+            return Err("--profiles must be at least 1".into());
+        }
+        if o.threads == 0 || o.connect_concurrency == 0 {
+            return Err("--threads and --connect-concurrency must be at least 1".into());
+        }
+        Ok(Params {
+            kind,
+            clients,
+            writers,
+            rate,
+            duration: secs("duration", o.duration, 0.5)?,
+            warmup: secs("warmup", o.warmup, 0.0)?,
+            drain: secs("drain", o.drain, 0.0)?,
+            settle: secs("settle", o.settle, 0.0)?,
+            polls,
+            profiles,
+            workload,
+            synchronous_commit: o.synchronous_commit,
+            relay_bin: o.relay_bin,
+            relay_args: o.relay_args,
+            relay_log: o.relay_log,
+            database_url: o.database_url,
+            connect_concurrency: o.connect_concurrency,
+            threads: o.threads,
+            json: o.json,
+            label: o.label,
+        })
+    }
+}
+
+/// Run one scenario end to end. The database is dropped whatever happens.
+pub(crate) async fn run(p: Params) -> Result<Report, String> {
+    let bin = relay::resolve_bin(p.relay_bin.as_deref())?;
+    if p.clients > 0 {
+        // Our sockets, and the relay (which inherits the limit) holds as many.
+        let limit = procfs::ensure_nofile(p.clients as u64 + 1024)?;
+        eprintln!("open-files limit: {limit}");
+    }
+    let db = BenchDb::create(&p.database_url).await?;
+    eprintln!("database {}", db.name);
+    let result = tokio::select! {
+        r = run_in(&p, &bin, &db) => r,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    };
+    if let Err(e) = db.drop_db().await {
+        eprintln!("warning: {e}");
+    }
+    result
+}
+
+/// CPU counters at one instant.
+#[derive(Debug, Clone)]
+struct CpuSample {
+    at: Instant,
+    relay: Option<u64>,
+    postgres: HashMap<u32, u64>,
+    bench: Option<u64>,
+    machine: Option<(u64, u64)>,
+}
+
+fn sample(relay_pid: Option<u32>, db: &str) -> CpuSample {
+    CpuSample {
+        at: Instant::now(),
+        relay: relay_pid.and_then(procfs::cpu_ticks),
+        postgres: procfs::postgres_ticks(db),
+        bench: procfs::cpu_ticks(std::process::id()),
+        machine: procfs::machine_ticks(),
+    }
+}
+
+fn cpu_between(a: &CpuSample, b: &CpuSample, tck: u64, cores: usize) -> Cpu {
+    let wall = (b.at - a.at).as_secs_f64().max(1e-9);
+    let pct = |x: Option<u64>, y: Option<u64>| match (x, y) {
+        (Some(x), Some(y)) => Some(y.saturating_sub(x) as f64 / tck as f64 / wall * 100.0),
+        _ => None,
+    };
+    let machine = match (a.machine, b.machine) {
+        (Some((ab, at)), Some((bb, bt))) if bt > at => {
+            Some(bb.saturating_sub(ab) as f64 / (bt - at) as f64 * cores as f64 * 100.0)
+        }
+        _ => None,
+    };
+    let relay = pct(a.relay, b.relay);
+    let postgres = pct(
+        Some(0),
+        Some(procfs::ticks_between(&a.postgres, &b.postgres)),
+    );
+    let bench = pct(a.bench, b.bench);
+    let other = machine.map(|m| {
+        (m - relay.unwrap_or(0.0) - postgres.unwrap_or(0.0) - bench.unwrap_or(0.0)).max(0.0)
+    });
+    Cpu {
+        relay,
+        postgres,
+        bench,
+        machine,
+        other,
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// What each client subscribes to and must receive.
+fn client_spec(p: &Params, i: usize, polls: &[i64]) -> ClientSpec {
+    let holds = |filter: Option<String>| {
+        let filter = filter.map_or_else(String::new, |f| format!(",\"filter\":{}", json_str(&f)));
+        format!(
+            "[{{\"event\":\"INSERT\",\"schema\":\"public\",\"table\":\"button_holds\"{filter}}}]"
+        )
+    };
+    match p.kind {
+        Kind::Baseline | Kind::Fanout => ClientSpec {
+            channels: vec![ChannelSpec {
+                name: "bench".into(),
+                bindings: holds(None),
+            }],
+            interest: Interest::AllHolds,
+        },
+        Kind::Filtered | Kind::Idle => {
+            let k = i % polls.len().max(1);
+            let poll = polls.get(k).copied().unwrap_or(1);
+            ClientSpec {
+                channels: vec![ChannelSpec {
+                    name: "bench".into(),
+                    bindings: holds(Some(format!("poll_id=eq.{poll}"))),
+                }],
+                interest: if p.kind == Kind::Idle {
+                    Interest::Nothing
+                } else {
+                    Interest::Poll(k)
+                },
+            }
+        }
+        Kind::Mixed => ClientSpec {
+            channels: vec![
+                ChannelSpec {
+                    name: "polls-changes".into(),
+                    bindings: r#"[{"event":"*","schema":"public","table":"polls"},{"event":"*","schema":"public","table":"user_votes"}]"#.into(),
+                },
+                ChannelSpec {
+                    name: "statistics-updates".into(),
+                    bindings: r#"[{"event":"INSERT","schema":"public","table":"user_votes"},{"event":"INSERT","schema":"public","table":"polls"},{"event":"INSERT","schema":"public","table":"profiles"}]"#.into(),
+                },
+                ChannelSpec {
+                    name: "button-sessions".into(),
+                    bindings: r#"[{"event":"*","schema":"public","table":"button_holds"}]"#.into(),
+                },
+            ],
+            interest: Interest::App,
+        },
+    }
+}
+
+fn expected(interest: Interest, c: &WriteCounts) -> u64 {
+    match interest {
+        Interest::AllHolds => c.window[HOLD_START],
+        Interest::Poll(k) => c.per_poll.get(k).copied().unwrap_or(0),
+        Interest::App => c.window[HOLD_START] + c.window[HOLD_END] + 2 * c.window[VOTE],
+        Interest::Nothing => 0,
+    }
+}
+
+/// Receivers: WebSocket clients, or the baseline's LISTEN session.
+enum Receivers {
+    Clients(Vec<(Interest, JoinHandle<ClientStats>)>),
+    Listen(JoinHandle<(RecvStats, Option<String>)>),
+}
+
+async fn run_in(p: &Params, bin: &std::path::Path, db: &BenchDb) -> Result<Report, String> {
+    let tck = procfs::clk_tck();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let load_before = procfs::loadavg();
+
+    relay::prepare_schema(bin, &db.url).await?;
+    let seed = db::seed(&db.url, p.profiles, p.polls).await?;
+    let polls = Arc::new(seed.polls);
+    let profiles = Arc::new(seed.profiles);
+
+    let relay = if p.kind == Kind::Baseline {
+        None
+    } else {
+        let r = Relay::start(bin, &db.url, &p.relay_log, &p.relay_args).await?;
+        eprintln!("relay pid {} listening on {}", r.pid, r.addr);
+        Some(r)
+    };
+    let relay_pid = relay.as_ref().map(|r| r.pid);
+    // Let the relay finish starting before the "before" figure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = relay_pid.and_then(procfs::rss_kib);
+
+    let shared = Arc::new(Shared::new(p.workload.keys()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Receivers.
+    let setup_start = Instant::now();
+    let mut join_failures = 0u64;
+    let mut first_setup_error: Option<String> = None;
+    let receivers = match &relay {
+        None => {
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let h = tokio::spawn(db::listen(
+                db.url.clone(),
+                CHANNEL.into(),
+                shared.clone(),
+                ready_tx,
+                stop_rx.clone(),
+            ));
+            match tokio::time::timeout(Duration::from_secs(30), ready_rx).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => return Err(e),
+                _ => return Err("the LISTEN session did not start".into()),
+            }
+            Receivers::Listen(h)
+        }
+        Some(r) => {
+            eprintln!("connecting {} clients", p.clients);
+            let sem = Arc::new(Semaphore::new(p.connect_concurrency));
+            let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+            let mut handles = Vec::with_capacity(p.clients);
+            for i in 0..p.clients {
+                let permit = sem
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let spec = client_spec(p, i, &polls);
+                let interest = spec.interest;
+                let h = tokio::spawn(clients::run_client(
+                    r.addr,
+                    (i as u32).wrapping_mul(2_654_435_761).wrapping_add(1),
+                    spec,
+                    shared.clone(),
+                    ready_tx.clone(),
+                    stop_rx.clone(),
+                    permit,
+                ));
+                handles.push((interest, h));
+            }
+            drop(ready_tx);
+            let mut ready = 0usize;
+            for _ in 0..p.clients {
+                match tokio::time::timeout(Duration::from_secs(90), ready_rx.recv()).await {
+                    Ok(Some(Ok(()))) => ready += 1,
+                    Ok(Some(Err(e))) => {
+                        join_failures += 1;
+                        first_setup_error.get_or_insert(e);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            eprintln!(
+                "{ready}/{} clients subscribed in {:.1} s",
+                p.clients,
+                setup_start.elapsed().as_secs_f64()
+            );
+            if ready == 0 {
+                let _ = stop_tx.send(true);
+                return Err(format!(
+                    "no client could subscribe: {}",
+                    first_setup_error.unwrap_or_else(|| "timed out".into())
+                ));
+            }
+            Receivers::Clients(handles)
+        }
+    };
+    let setup_s = setup_start.elapsed().as_secs_f64();
+    tokio::time::sleep(p.settle).await;
+    let rss_ready = relay_pid.and_then(procfs::rss_kib);
+
+    // The write plan and the window.
+    let base_inst = Instant::now();
+    let base_us = now_us();
+    let start = base_inst + WRITE_LEAD;
+    let t0 = start + p.warmup;
+    let t1 = t0 + p.duration;
+    let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+    let window = (
+        base_us + us(WRITE_LEAD + p.warmup),
+        base_us + us(WRITE_LEAD + p.warmup + p.duration),
+    );
+    shared.set_window(window.0, window.1);
+    let plan = WritePlan {
+        workload: p.workload,
+        writers: p.writers,
+        rate: p.rate,
+        profiles: profiles.clone(),
+        polls: polls.clone(),
+        start,
+        stop: t1,
+        window,
+        synchronous_commit: p.synchronous_commit.clone(),
+    };
+    let writers: Vec<JoinHandle<WriteCounts>> = (0..p.writers)
+        .map(|w| tokio::spawn(db::writer(db.url.clone(), w, plan.clone())))
+        .collect();
+
+    tokio::time::sleep_until(t0).await;
+    let s0 = sample(relay_pid, &db.name);
+    let mut rss_peak = relay_pid.and_then(procfs::rss_kib);
+    while Instant::now() < t1 {
+        tokio::time::sleep_until((Instant::now() + Duration::from_millis(250)).min(t1)).await;
+        let r = relay_pid.and_then(procfs::rss_kib);
+        rss_peak = rss_peak.max(r);
+    }
+    let s1 = sample(relay_pid, &db.name);
+    let rss_end = relay_pid.and_then(procfs::rss_kib);
+    let cpu = cpu_between(&s0, &s1, tck, cores);
+    let window_s = (s1.at - s0.at).as_secs_f64();
+
+    let mut counts = WriteCounts {
+        per_poll: vec![0; polls.len()],
+        ..WriteCounts::default()
+    };
+    for h in writers {
+        match h.await {
+            Ok(c) => counts.merge(&c),
+            Err(e) => {
+                counts.errors += 1;
+                counts.first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+
+    // Drain: wait for in-window changes still in flight.
+    let total_expected: u64 = match &receivers {
+        Receivers::Listen(_) => counts.window_total(),
+        Receivers::Clients(hs) => hs.iter().map(|(i, _)| expected(*i, &counts)).sum(),
+    };
+    let drain_start = Instant::now();
+    let mut last = shared.window_frames.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    while drain_start.elapsed() < p.drain {
+        let got = shared.window_frames.load(Ordering::Relaxed);
+        if got >= total_expected {
+            break;
+        }
+        if got != last {
+            last = got;
+            last_change = Instant::now();
+        } else if last_change.elapsed() >= DRAIN_STALL {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain_s = drain_start.elapsed().as_secs_f64();
+
+    // Stop the receivers and collect what they saw.
+    let _ = stop_tx.send(true);
+    let mut report = Report::new(p);
+    report.polls = polls.len();
+    report.setup_s = setup_s;
+    report.window_s = window_s;
+    report.drain_s = drain_s;
+    report.load_before = load_before;
+    report.cpu = cpu;
+    report.rss_before_kib = rss_before;
+    report.rss_ready_kib = rss_ready;
+    report.rss_end_kib = rss_end;
+    report.rss_peak_kib = rss_peak;
+    report.committed = counts.window_total();
+    report.committed_all = counts.committed;
+    report.committed_by_kind = counts.window;
+    report.vote_conflicts = counts.vote_conflicts;
+    report.write_errors = counts.errors;
+    report.first_write_error = counts.first_error.clone();
+    report.join_failures = join_failures;
+    report.first_setup_error = first_setup_error;
+    let mut recv = RecvStats::default();
+    match receivers {
+        Receivers::Listen(h) => {
+            let (stats, end) = h.await.map_err(|e| e.to_string())?;
+            report.ready = 1;
+            report.expected = total_expected;
+            report.drops = total_expected.saturating_sub(stats.window);
+            report.extra = stats.window.saturating_sub(total_expected);
+            if let Some(e) = end {
+                report.transport_errors += 1;
+                report.first_client_error = Some(e);
+            }
+            recv.merge(&stats);
+        }
+        Receivers::Clients(handles) => {
+            let collect = async {
+                let mut out = Vec::with_capacity(handles.len());
+                for (interest, h) in handles {
+                    out.push((interest, h.await));
+                }
+                out
+            };
+            let results = tokio::time::timeout(CLIENT_STOP, collect)
+                .await
+                .map_err(|_| "clients did not stop in time".to_owned())?;
+            for (interest, r) in results {
+                let s = match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        report.client_errors += 1;
+                        report.first_client_error.get_or_insert(e.to_string());
+                        continue;
+                    }
+                };
+                if !s.ready {
+                    continue;
+                }
+                report.ready += 1;
+                let exp = expected(interest, &counts);
+                report.expected += exp;
+                report.drops += exp.saturating_sub(s.recv.window);
+                report.extra += s.recv.window.saturating_sub(exp);
+                if exp > s.recv.window {
+                    report.clients_with_drops += 1;
+                }
+                report.client_errors += s.errors;
+                if let Some(e) = &s.first_error {
+                    report.first_client_error.get_or_insert(e.clone());
+                }
+                if let Some(code) = s.closed {
+                    report.closes += 1;
+                    if code == 1008 {
+                        report.cutoffs += 1;
+                    }
+                    report
+                        .first_client_error
+                        .get_or_insert(format!("closed by the relay with {code}"));
+                }
+                if let Some(e) = &s.transport_error {
+                    report.transport_errors += 1;
+                    report.first_client_error.get_or_insert(e.clone());
+                }
+                recv.merge(&s.recv);
+            }
+        }
+    }
+    report.set_recv(&recv);
+
+    if let Some(r) = relay {
+        report.relay_warnings = r.warnings.load(Ordering::Relaxed);
+        if let Err(e) = r.stop().await {
+            eprintln!("warning: {e}");
+        }
+    }
+    Ok(report)
+}

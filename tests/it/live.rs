@@ -1,0 +1,101 @@
+//! Live aggregate topics: computed once on the server per change burst, pushed when changed.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+async fn join_live(ws: &mut Ws, name: &str) -> Value {
+    let topic = format!("realtime:{name}");
+    let (_, reply) = ws
+        .join_with(&topic, json!({"config":{"postgres_changes":[]}}))
+        .await;
+    assert_eq!(reply["status"], "ok");
+    let f = ws.recv().await;
+    assert_eq!(f.event, "broadcast", "current value on join: {f:?}");
+    assert_eq!(f.payload["event"], "update");
+    assert_eq!(f.payload["payload"]["name"], name);
+    f.payload["payload"]["rows"].clone()
+}
+
+#[tokio::test]
+async fn a_burst_of_100_votes_pushes_at_most_3_updates_with_the_right_total() {
+    let relay = start_relay().await;
+    let db = relay.db().await;
+    let (_, poll) = seed(&db).await;
+    db.batch_execute(
+        "INSERT INTO profiles (username) SELECT 'voter' || g FROM generate_series(1, 100) g",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await; // let the profile inserts settle
+    let mut ws = relay.ws("2.0.0").await;
+    let rows = join_live(&mut ws, "statistics").await;
+    assert_eq!(rows[0]["votes"], 0);
+    assert_eq!(rows[0]["users"], 101);
+
+    // 100 votes in one burst: one statement, so they commit (and notify) together. The
+    // dispatcher sees 100 changes; the statistics query runs once for them.
+    db.execute(
+        "INSERT INTO user_votes (poll_id, user_id, option_index, hold_ms) \
+         SELECT $1, id, 1, 3000 FROM profiles WHERE username LIKE 'voter%'",
+        &[&poll],
+    )
+    .await
+    .unwrap();
+    let mut pushes = Vec::new();
+    while let Some(f) = ws.try_recv(Duration::from_millis(1500)).await {
+        assert_eq!(f.event, "broadcast");
+        pushes.push(f.payload["payload"]["rows"][0]["votes"].as_i64().unwrap());
+    }
+    assert!(
+        !pushes.is_empty() && pushes.len() <= 3,
+        "pushes: {pushes:?}"
+    );
+    assert_eq!(pushes.last(), Some(&100), "pushes: {pushes:?}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn active_holds_follow_starts_and_ends() {
+    let relay = start_relay().await;
+    let db = relay.db().await;
+    let (user, poll) = seed(&db).await;
+    let mut ws = relay.ws("1.0.0").await;
+    let rows = join_live(&mut ws, "active-holds").await;
+    assert_eq!(rows, json!([{"total":0,"by_poll":{}}]));
+    let id: String = db
+        .query_one(
+            "INSERT INTO button_holds (user_id, poll_id) VALUES ($1::text::uuid, $2) RETURNING id::text",
+            &[&user, &poll],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let f = ws.recv().await;
+    assert_eq!(
+        f.payload["payload"]["rows"],
+        json!([{"total":1,"by_poll":{poll.to_string():1}}])
+    );
+    // A heartbeat changes nothing (and is not even notified).
+    db.execute(
+        "UPDATE button_holds SET last_heartbeat = now() WHERE id = $1::text::uuid",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "UPDATE button_holds SET is_active = false, ended_at = now() WHERE id = $1::text::uuid",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let f = ws.recv().await;
+    assert_eq!(
+        f.payload["payload"]["rows"],
+        json!([{"total":0,"by_poll":{}}])
+    );
+    ws.expect_silence(Duration::from_millis(700)).await;
+    relay.stop().await;
+}

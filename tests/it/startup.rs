@@ -1,0 +1,347 @@
+//! The binary started as an operator starts it: with no configuration at all (a private
+//! PostgreSQL under `.pgrelay/`), and with `--log-format json`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// How long the binary may take to start (initdb included) or to stop.
+const PROCESS_WAIT: Duration = Duration::from_secs(90);
+
+/// A `pgrelay` process whose stderr is read line by line.
+#[derive(Debug)]
+struct Pgrelay {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Pgrelay {
+    fn start(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Pgrelay {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgrelay"));
+        cmd.args(args)
+            .current_dir(dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("PGRELAY_LOG_FORMAT")
+            .env("PGRELAY_LISTEN", "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn pgrelay");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Pgrelay {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first stderr line (from the start) that satisfies `pred`.
+    fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + PROCESS_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {what} line within {PROCESS_WAIT:?}; stderr so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// SIGTERM, then every remaining stderr line once the process exits.
+    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + PROCESS_WAIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "pgrelay did not stop in time");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(l);
+        }
+        (status, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Pgrelay {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// The address in the "pgrelay listening" line (text: `addr=…`; JSON: `fields.addr`).
+fn listening_addr(line: &str) -> std::net::SocketAddr {
+    let addr = match serde_json::from_str::<Value>(line) {
+        Ok(v) => v["fields"]["addr"].as_str().expect("addr field").to_owned(),
+        Err(_) => line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .expect("addr=")
+            .to_owned(),
+    };
+    addr.parse().expect("socket address")
+}
+
+/// A directory of its own under the system temp dir, removed on drop, together with any
+/// private PostgreSQL a failed test left running in it.
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("pgrelay-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // A server still running here (the test failed before stopping the relay): SIGINT is
+        // PostgreSQL's fast shutdown.
+        let pid_file = self.0.join(".pgrelay/data/postmaster.pid");
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        {
+            let _ = Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+            for _ in 0..100 {
+                if !pid_file.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback port nothing listens on.
+fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+async fn wait_ready(addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + PROCESS_WAIT;
+    while http_get(addr, "/ready").await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay at {addr} never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `pgrelay` with no configuration and nothing on the default address starts a private
+/// PostgreSQL under `.pgrelay/` in its working directory, serves changes from it, and stops
+/// it on SIGTERM. Without PostgreSQL's server programs it says, in one line, how to fix it.
+#[tokio::test(flavor = "multi_thread")]
+async fn zero_config_starts_a_private_postgres() {
+    let dir = TempDir::new("zero-config");
+    let probe = format!("127.0.0.1:{}", dead_port());
+    let env = [
+        ("PGRELAY_ZERO_CONFIG_PROBE", probe.as_str()),
+        ("RUST_LOG", "info"),
+    ];
+    if pgrelay::pginstance::Binaries::find().is_none() {
+        // Nothing to start: the one clear line instead.
+        let out = Command::new(env!("CARGO_BIN_EXE_pgrelay"))
+            .current_dir(&dir.0)
+            .env_remove("DATABASE_URL")
+            .env("PGRELAY_LISTEN", "127.0.0.1:0")
+            .envs(env)
+            .output()
+            .expect("run pgrelay");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().last().unwrap_or_default();
+        assert!(
+            line.starts_with("pgrelay: error: no PostgreSQL answers at"),
+            "{err}"
+        );
+        assert!(line.contains("install PostgreSQL") && line.contains("DATABASE_URL"));
+        return;
+    }
+
+    // No arguments at all: `cargo run --release`.
+    let mut relay = Pgrelay::start(&[], &env, &dir.0);
+    let private = relay.wait_line("private PostgreSQL", |l| l.contains("using a private one"));
+    let data = dir.0.join(".pgrelay").canonicalize().expect(".pgrelay");
+    assert!(
+        private.contains(&format!("data={}", data.join("data").display())),
+        "{private}"
+    );
+    assert!(
+        private.contains(&format!("log={}", data.join("postgres.log").display())),
+        "{private}"
+    );
+    let url = private
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("url="))
+        .expect("url=")
+        .to_owned();
+    assert!(url.starts_with("postgres://postgres@127.0.0.1:"), "{url}");
+    let addr = listening_addr(&relay.wait_line("listening", |l| l.contains("pgrelay listening")));
+    wait_ready(addr).await;
+
+    // It is a working relay on that database.
+    let mut ws = Ws::connect(
+        &format!("ws://{addr}/realtime/v1/websocket?apikey=x&vsn=2.0.0"),
+        "2.0.0",
+    )
+    .await;
+    ws.subscribe(
+        "realtime:zero",
+        json!([{"event": "INSERT", "schema": "public", "table": "profiles"}]),
+    )
+    .await;
+    let db = connect(&url).await;
+    db.execute("INSERT INTO profiles (username) VALUES ('zero')", &[])
+        .await
+        .expect("insert");
+    let change = ws.recv_event("postgres_changes").await;
+    assert_eq!(change.payload["data"]["record"]["username"], "zero");
+    drop(db);
+    drop(ws);
+
+    let (status, lines) = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .expect("join");
+    assert!(status.success(), "{status}:\n{}", lines.join("\n"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("stopped the private PostgreSQL")),
+        "{}",
+        lines.join("\n")
+    );
+    assert!(
+        !data.join("data/postmaster.pid").exists(),
+        "the private PostgreSQL still runs"
+    );
+    let port = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .expect("port");
+    assert!(
+        !pgrelay::pginstance::answers(&format!("127.0.0.1:{port}"), Duration::from_secs(1)).await,
+        "the private PostgreSQL still answers"
+    );
+}
+
+/// `--log-format json`: every stderr line is one JSON object with a level, a target and a
+/// message, and lines logged inside a socket carry the socket span's fields.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs() {
+    let db = TestDb::new().await;
+    let dir = TempDir::new("json-logs");
+    let mut relay = Pgrelay::start(
+        &["--log-format", "json", "serve"],
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("RUST_LOG", "info,pgrelay=debug"),
+        ],
+        &dir.0,
+    );
+    let addr = listening_addr(&relay.wait_line("listening", |l| l.contains("pgrelay listening")));
+    wait_ready(addr).await;
+    let mut ws = Ws::connect(
+        &format!("ws://{addr}/realtime/v1/websocket?apikey=x&vsn=1.0.0"),
+        "1.0.0",
+    )
+    .await;
+    ws.subscribe(
+        "realtime:logs",
+        json!([{"event": "*", "schema": "public", "table": "profiles"}]),
+    )
+    .await;
+    db.client()
+        .await
+        .execute("INSERT INTO profiles (username) VALUES ('logs')", &[])
+        .await
+        .expect("insert");
+    ws.recv_event("postgres_changes").await;
+    drop(ws);
+
+    let (status, lines) = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .expect("join");
+    assert!(status.success(), "{status}");
+    assert!(lines.len() > 3, "{lines:?}");
+    let mut in_socket_span = 0;
+    for line in &lines {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.is_object(), "{line}");
+        for key in ["timestamp", "level", "target"] {
+            assert!(v[key].is_string(), "no {key}: {line}");
+        }
+        assert!(v["fields"]["message"].is_string(), "no message: {line}");
+        if v["span"]["name"] == "socket" {
+            assert!(
+                v["span"]["socket_id"].is_u64(),
+                "socket span fields: {line}"
+            );
+            in_socket_span += 1;
+        }
+    }
+    assert!(
+        in_socket_span > 0,
+        "no line inside a socket span:\n{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("\"message\":\"stopped\"")),
+        "{lines:#?}"
+    );
+}
