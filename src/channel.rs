@@ -90,7 +90,21 @@ pub fn parse_join(payload: &Value, max_bindings: usize) -> Result<JoinRequest, J
             }
             list.iter()
                 .map(|b| match b {
-                    Value::Object(m) => Ok(m.clone()),
+                    Value::Object(m) => {
+                        // A field of the wrong type must not read as "absent": that would
+                        // widen the subscription (every table, every row).
+                        for key in ["event", "schema", "table", "filter"] {
+                            if !matches!(
+                                m.get(key),
+                                None | Some(Value::String(_)) | Some(Value::Null)
+                            ) {
+                                return Err(JoinError::Malformed(format!(
+                                    "postgres_changes `{key}` must be a string"
+                                )));
+                            }
+                        }
+                        Ok(m.clone())
+                    }
                     _ => Err(JoinError::Malformed(
                         "each postgres_changes binding must be an object".into(),
                     )),
@@ -458,6 +472,18 @@ mod tests {
         assert!(j.bindings.is_empty() && !j.presence_enabled);
         assert!(parse_join(&json!({"config":{"postgres_changes":{}}}), 100).is_err());
         assert!(parse_join(&json!({"config":{"postgres_changes":[1]}}), 100).is_err());
+        for bad in [
+            json!({"table":5}),
+            json!({"table":"t","filter":5}),
+            json!({"event":5,"table":"t"}),
+        ] {
+            assert_eq!(
+                parse_join(&json!({"config":{"postgres_changes":[bad]}}), 100)
+                    .unwrap_err()
+                    .code(),
+                "MalformedJoin"
+            );
+        }
         assert!(parse_join(&json!({"config":5}), 100).is_err());
         let many: Vec<Value> = (0..3).map(|i| json!({"table": format!("t{i}")})).collect();
         assert_eq!(

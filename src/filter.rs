@@ -18,7 +18,11 @@ const MAX_CONDITIONS: usize = 100;
 const MAX_IN_VALUES: usize = 100;
 /// Bounds both the compiled program and the lazy DFA cache, so a hostile pattern such as
 /// `(a{1000}){1000}` is rejected at subscribe time instead of eating memory per row.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+const REGEX_SIZE_LIMIT: usize = 1 << 18;
+/// Regex-backed conditions (`like`, `ilike`, `match`, `imatch`) one filter may hold. Each
+/// compiles into up to [`REGEX_SIZE_LIMIT`] bytes on the joining socket's task: the budget per
+/// filter, not only per regex, is what keeps a hostile join from tying up a worker.
+const MAX_REGEX_CONDITIONS: usize = 8;
 /// Postgres' MAXDIM; also bounds recursion when parsing array literals and JSON arrays.
 const MAX_ARRAY_DEPTH: usize = 6;
 /// Client text echoed in error messages is clipped so an 8 KiB filter can't bloat replies.
@@ -356,6 +360,25 @@ impl Filter {
         &self,
         column_type: impl Fn(&str) -> Option<&'t str>,
     ) -> Result<BoundFilter, FilterError> {
+        // Check the regex budget before compiling anything.
+        let regexes = self
+            .conditions
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.predicate,
+                    Predicate::Like { .. } | Predicate::Match { .. }
+                )
+            })
+            .count();
+        if regexes > MAX_REGEX_CONDITIONS {
+            return Err(FilterError::InvalidRegex {
+                op: "match",
+                message: format!(
+                    "too many pattern conditions ({regexes}); at most {MAX_REGEX_CONDITIONS} like/ilike/match/imatch per filter"
+                ),
+            });
+        }
         let conditions = self
             .conditions
             .iter()
