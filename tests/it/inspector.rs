@@ -154,6 +154,16 @@ async fn devtools_get(addr: std::net::SocketAddr, path: &str) -> String {
     }
 }
 
+/// Chromium's profile directory, removed however the test ends.
+#[derive(Debug)]
+struct ProfileDir(std::path::PathBuf);
+
+impl Drop for ProfileDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Where a Chromium is installed, if any.
 fn chromium() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -193,7 +203,8 @@ async fn inspector_in_headless_chromium() {
         "http://{}/?autoconnect=1&channel=browser&event=INSERT&table=profiles",
         relay.addr
     );
-    let profile = std::env::temp_dir().join(format!("pgrelay-chromium-{}", std::process::id()));
+    let profile =
+        ProfileDir(std::env::temp_dir().join(format!("pgrelay-chromium-{}", std::process::id())));
     let mut browser = tokio::process::Command::new(chromium)
         .args([
             "--headless",
@@ -204,7 +215,7 @@ async fn inspector_in_headless_chromium() {
             "--remote-debugging-address=127.0.0.1",
             "--remote-debugging-port=0",
         ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--user-data-dir={}", profile.0.display()))
         .arg(&url)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -303,7 +314,7 @@ async fn inspector_in_headless_chromium() {
     writer.abort();
     drop(cdp);
     let _ = browser.kill().await;
-    let _ = std::fs::remove_dir_all(&profile);
+    drop(profile);
     assert!(
         shown,
         "the page never showed a live change; last seen: {last:#}"
