@@ -675,38 +675,9 @@ async fn boost_poll(pool: &Pool, raw_id: &str) -> Result<Boost, ApiError> {
     run.await.map_err(|e| ApiError::from_db(e, "boost_poll"))
 }
 
-/// `a=1&b=x%20y` → pairs, percent-decoded (`+` is a space).
+/// `a=1&b=x%20y` → pairs, percent-decoded (shared with the socket's query parsing).
 fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(v) = hex {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b == b'+' { b' ' } else { b });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::server::query_pairs(q)
 }
 
 #[cfg(test)]

@@ -662,6 +662,12 @@ fn upgrade(ws: warp::ws::Ws, query: String, relay: Arc<Relay>) -> warp::reply::R
 /// `a=1&b=x%20y` → map. Only what the relay reads (`vsn`, `apikey`) matters; anything that does
 /// not decode is kept raw.
 fn parse_query(q: &str) -> HashMap<String, String> {
+    query_pairs(q).into_iter().collect()
+}
+
+/// `a=1&b=x%20y` → pairs in order, percent-decoded (`+` is a space); anything that does not
+/// decode is kept raw.
+pub(crate) fn query_pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {

@@ -7,8 +7,8 @@
 //! Each case's `steps` are its documentation: what is sent and, verbatim, what comes back.
 //! A case marked `bug` (none at the moment) holds the *correct* behaviour, which the relay does
 //! not have yet: the main test only checks that the relay and the watchers survive it, and
-//! `hostile_known_bugs` (to be `#[ignore]`d while any case is marked) asserts it exactly.
-//! Remove the marker when the relay is fixed.
+//! `hostile_known_bugs` asserts it exactly (and so fails until the relay is fixed, which is
+//! the point: the suite must not pass over a known bug). Remove the marker with the fix.
 
 use std::time::Duration;
 
@@ -1510,8 +1510,7 @@ async fn hostile_input_table() {
     run_table(false).await;
 }
 
-/// The exact expectation of each known-bug case; returns at once when none is marked. While one
-/// is, this test carries `#[ignore]`: run it with `--ignored` after a fix, then remove the marker.
+/// The exact expectation of each known-bug case; returns at once when none is marked.
 #[tokio::test]
 async fn hostile_known_bugs() {
     run_table(true).await;
