@@ -121,7 +121,7 @@ impl Dispatcher {
             Ok(Notice::Marker(_)) => {} // another relay's
             Err(err) => {
                 Metrics::inc(&self.metrics.changes_dropped_total);
-                error!(error_code = err.code(), cause = %err, payload = %truncated(payload), "change dropped");
+                error!(error_code = err.code(), cause = %err, payload = %crate::protocol::truncate(payload, 200), "change dropped");
             }
         }
     }
@@ -230,12 +230,5 @@ impl Dispatcher {
         warn!(down_for = ?down_for, error_code = "ListenerGap", cause = why,
               "changes committed while the listener was down may be missing");
         self.router.notify_pg_channels("error", GAP_MESSAGE);
-    }
-}
-
-fn truncated(s: &str) -> &str {
-    match s.char_indices().nth(200) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }

@@ -339,6 +339,14 @@ pub fn binary_broadcast(topic: &str, event: &str, payload: &[u8]) -> Option<byte
     Some(out.into())
 }
 
+/// At most `max` characters of `s`, for echoing client or payload text in replies and logs.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 /// The channel name without the `realtime:` prefix.
 pub fn subtopic(topic: &str) -> &str {
     topic.strip_prefix(TOPIC_PREFIX).unwrap_or(topic)

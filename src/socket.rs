@@ -29,7 +29,7 @@ use crate::holds::{HoldRequest, Holds};
 use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::presence;
-use crate::protocol::{self, Vsn, PHOENIX_TOPIC, TOPIC_PREFIX};
+use crate::protocol::{self, truncate, Vsn, PHOENIX_TOPIC, TOPIC_PREFIX};
 use crate::router::{
     Broadcast, CutOff, Member, Outbound, Router, SocketHandle, SocketId, SocketShared, TopicKey,
 };
@@ -837,12 +837,5 @@ fn salvage(text: &str) -> (Option<String>, Option<String>) {
         Value::Array(a) => (s(a.get(2)), s(a.get(1))),
         Value::Object(o) => (s(o.get("topic")), s(o.get("ref"))),
         _ => (None, None),
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
