@@ -9,10 +9,17 @@
 //! database errors are logged with their cause and answered with a generic 500: SQL text never
 //! reaches a client.
 //!
+//! Who is asking: with auth on (a JWT key configured), every request needs a valid token in
+//! `Authorization: Bearer` (or an `apikey` header, as supabase-js also sends), and a vote is
+//! cast for the token's `sub`, never for anything in the request. With auth off, a write names
+//! its user with the `X-User-Id` header (a `profiles.id`), which anyone can forge: a
+//! development setup only, as the relay's startup warning says.
+//!
 //! Every route here either answers or rejects as "not this route" (wrong path or method), so the
 //! server's routes keep falling through to each other.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Buf;
 use deadpool_postgres::Pool;
@@ -24,6 +31,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use crate::auth::{self, AuthError, Verifier};
 use crate::db::{self, DbError};
 
 /// Largest request body read. A vote body is `{"option_index": N}`; anything near this is not
@@ -36,8 +44,11 @@ pub const DEFAULT_LIST_LIMIT: i64 = 100;
 /// Most polls one list request returns: a snapshot, not an export.
 pub const MAX_LIST_LIMIT: i64 = 1000;
 
-/// TEMPORARY identity header, read by [`user`] until JWT auth lands.
+/// The identity header of a relay running with auth off (development): a `profiles.id`.
 pub const USER_HEADER: &str = "x-user-id";
+
+/// Longest `username` a profile may take.
+pub const MAX_USERNAME_CHARS: usize = 64;
 
 /// The refusals and failures of the API, each with its HTTP status and PascalCase code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,8 +63,18 @@ pub enum ApiError {
     InvalidUserId,
     #[error("request body over {MAX_BODY_BYTES} bytes")]
     PayloadTooLarge,
-    #[error("a user is required: send X-User-Id")]
-    UserRequired,
+    /// No user to act for; the text says what to send.
+    #[error("{0}")]
+    UserRequired(String),
+    /// Auth is on and the token is missing or refused (Supabase's texts).
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    /// `POST /api/v1/profiles`: the username or the id is taken.
+    #[error("{0}")]
+    ProfileExists(String),
+    /// The token's role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// PV006: the user is not a profile.
     #[error("{0}")]
     UnknownUser(String),
@@ -89,7 +110,10 @@ impl ApiError {
             ApiError::InvalidBody(_) => "InvalidBody",
             ApiError::InvalidUserId => "InvalidUserId",
             ApiError::PayloadTooLarge => "PayloadTooLarge",
-            ApiError::UserRequired => "UserRequired",
+            ApiError::UserRequired(_) => "UserRequired",
+            ApiError::Unauthorized(e) => e.code(),
+            ApiError::ProfileExists(_) => "ProfileExists",
+            ApiError::Forbidden(_) => "Forbidden",
             ApiError::UnknownUser(_) => "UnknownUser",
             ApiError::PollNotFound(_) => "PollNotFound",
             ApiError::AlreadyVoted(_) => "AlreadyVoted",
@@ -108,10 +132,10 @@ impl ApiError {
             | ApiError::InvalidBody(_)
             | ApiError::InvalidUserId => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UserRequired => StatusCode::UNAUTHORIZED,
-            ApiError::UnknownUser(_) => StatusCode::FORBIDDEN,
+            ApiError::UserRequired(_) | ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::UnknownUser(_) | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::PollNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::AlreadyVoted(_) => StatusCode::CONFLICT,
+            ApiError::AlreadyVoted(_) | ApiError::ProfileExists(_) => StatusCode::CONFLICT,
             ApiError::PollNotActive(_) | ApiError::NoSuchOption(_) | ApiError::HoldTooShort(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -150,6 +174,14 @@ impl ApiError {
                         "this user already voted on this poll".into()
                     })
                 }
+                "23505" if what == "create_profile" => {
+                    return ApiError::ProfileExists(match dbe.constraint() {
+                        Some(c) if c.contains("username") => {
+                            "this username is taken".to_owned()
+                        }
+                        _ => "a profile with this id exists".to_owned(),
+                    })
+                }
                 "PV005" => return ApiError::HoldTooShort(message),
                 "PV006" => return ApiError::UnknownUser(message),
                 _ => {}
@@ -169,37 +201,88 @@ impl ApiError {
     }
 }
 
-/// The user a request acts for.
+/// Who a request comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    /// `profiles.id`, a uuid in its text form.
-    pub id: String,
+pub struct Caller {
+    /// `profiles.id` (a uuid in its text form): the token's `sub`, or with auth off the
+    /// `X-User-Id` header. `None`: anonymous.
+    pub user: Option<String>,
+    /// The token's role; `None` with auth off.
+    pub role: Option<String>,
+    /// Whether auth is on, to say what a refused caller should send.
+    auth_on: bool,
 }
 
-/// The identity seam. TEMPORARY: the user comes from the `X-User-Id` header (a `profiles.id`),
-/// which anyone can forge; it stands in until JWT auth (issue 6, item 4) replaces this filter
-/// with one taking `sub` from a verified `Authorization: Bearer` token. No other code here reads
-/// the identity, so that swap touches only this function.
-///
-/// Never rejects: an absent header is [`ApiError::UserRequired`] (401), a malformed one
-/// [`ApiError::InvalidUserId`] (400), for the handler to answer.
-pub fn user() -> impl Filter<Extract = (Result<User, ApiError>,), Error = Infallible> + Clone {
-    warp::header::headers_cloned().map(|headers: HeaderMap| user_from_headers(&headers))
-}
-
-fn user_from_headers(headers: &HeaderMap) -> Result<User, ApiError> {
-    let Some(value) = headers.get(USER_HEADER) else {
-        return Err(ApiError::UserRequired);
-    };
-    let id = value
-        .to_str()
-        .map_err(|_| ApiError::InvalidUserId)?
-        .trim()
-        .to_ascii_lowercase();
-    if !is_uuid(&id) {
-        return Err(ApiError::InvalidUserId);
+impl Caller {
+    /// The user to act for, or why there is none.
+    fn user(&self) -> Result<&str, ApiError> {
+        self.user.as_deref().ok_or_else(|| {
+            ApiError::UserRequired(if self.auth_on {
+                "this needs a user: the token's sub claim must be a profiles.id (uuid)".into()
+            } else {
+                "a user is required: send X-User-Id with a profiles.id".into()
+            })
+        })
     }
-    Ok(User { id })
+
+    fn is_service(&self) -> bool {
+        self.role.as_deref() == Some("service_role")
+    }
+}
+
+/// Identify every request. Never rejects: the error is answered by the handler, so a request
+/// to a route that exists is refused with a JSON body rather than falling through to 404.
+fn caller(
+    auth: Option<Arc<Verifier>>,
+) -> impl Filter<Extract = (Result<Caller, ApiError>,), Error = Infallible> + Clone {
+    warp::header::headers_cloned()
+        .map(move |headers: HeaderMap| caller_from_headers(auth.as_deref(), &headers))
+}
+
+fn caller_from_headers(auth: Option<&Verifier>, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(verifier) = auth else {
+        let user = match headers.get(USER_HEADER) {
+            None => None,
+            Some(value) => {
+                let id = value
+                    .to_str()
+                    .map_err(|_| ApiError::InvalidUserId)?
+                    .trim()
+                    .to_ascii_lowercase();
+                if !is_uuid(&id) {
+                    return Err(ApiError::InvalidUserId);
+                }
+                Some(id)
+            }
+        };
+        return Ok(Caller {
+            user,
+            role: None,
+            auth_on: false,
+        });
+    };
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let bearer = header(warp::http::header::AUTHORIZATION.as_str()).and_then(|h| {
+        h.strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+            .map(str::trim)
+    });
+    let token = bearer
+        .or_else(|| header("apikey"))
+        .ok_or(ApiError::Unauthorized(AuthError::Missing))?;
+    let claims = verifier
+        .verify(token, auth::now())
+        .map_err(ApiError::Unauthorized)?;
+    // A sub that is not a uuid names no profile: the caller is anonymous for writes.
+    let user = claims
+        .sub
+        .map(|s| s.to_ascii_lowercase())
+        .filter(|s| is_uuid(s));
+    Ok(Caller {
+        user,
+        role: Some(claims.role),
+        auth_on: true,
+    })
 }
 
 /// `8-4-4-4-12` hex digits, the text form PostgreSQL accepts and prints.
@@ -213,30 +296,40 @@ fn is_uuid(s: &str) -> bool {
 
 /// The API's routes. Each answers every request it matches by path and method (with an error
 /// body when the request is bad); other requests are rejected for the next route to try.
+///
+/// `auth`: the token verifier; `None` is auth off (see the module docs).
 pub fn routes(
     pool: Pool,
+    auth: Option<Arc<Verifier>>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
     let with_pool = warp::any().map(move || pool.clone());
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let caller = caller(auth);
 
     let list = warp::path!("api" / "v1" / "polls")
         .and(warp::get())
+        .and(caller.clone())
         .and(raw_query)
         .and(with_pool.clone())
-        .then(|query: String, pool: Pool| async move { answer(list_polls(&pool, &query).await) });
+        .then(|who: Result<Caller, ApiError>, query: String, pool: Pool| async move {
+            answer(async { list_polls(&pool, &query).await }, who).await
+        });
     let one = warp::path!("api" / "v1" / "polls" / String)
         .and(warp::get())
+        .and(caller.clone())
         .and(with_pool.clone())
-        .then(|id: String, pool: Pool| async move { answer(get_poll(&pool, &id).await) });
+        .then(|id: String, who, pool: Pool| async move {
+            answer(async { get_poll(&pool, &id).await }, who).await
+        });
     let vote = warp::path!("api" / "v1" / "polls" / String / "votes")
         .and(warp::post())
-        .and(user())
+        .and(caller.clone())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .and(with_pool.clone())
         .then(
-            |id: String, user: Result<User, ApiError>, headers: HeaderMap, body, pool: Pool| async move {
-                match cast_vote(&pool, &id, user, &headers, body).await {
+            |id: String, who: Result<Caller, ApiError>, headers: HeaderMap, body, pool: Pool| async move {
+                match cast_vote(&pool, &id, who, &headers, body).await {
                     Ok(vote) => reply(&vote, StatusCode::CREATED),
                     Err(e) => e.into_response(),
                 }
@@ -244,16 +337,37 @@ pub fn routes(
         );
     let boost = warp::path!("api" / "v1" / "polls" / String / "boost")
         .and(warp::post())
+        .and(caller.clone())
         .and(with_pool.clone())
-        .then(|id: String, pool: Pool| async move { answer(boost_poll(&pool, &id).await) });
+        .then(|id: String, who, pool: Pool| async move {
+            answer(async { boost_poll(&pool, &id).await }, who).await
+        });
     let stats = warp::path!("api" / "v1" / "stats")
         .and(warp::get())
+        .and(caller.clone())
         .and(with_pool.clone())
-        .then(|pool: Pool| async move { answer(app_stats(&pool).await) });
+        .then(|who, pool: Pool| async move { answer(async { app_stats(&pool).await }, who).await });
     let holds = warp::path!("api" / "v1" / "holds" / "active")
         .and(warp::get())
+        .and(caller.clone())
+        .and(with_pool.clone())
+        .then(|who, pool: Pool| async move {
+            answer(async { active_holds(&pool).await }, who).await
+        });
+    let profiles = warp::path!("api" / "v1" / "profiles")
+        .and(warp::post())
+        .and(caller)
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
         .and(with_pool)
-        .then(|pool: Pool| async move { answer(active_holds(&pool).await) });
+        .then(
+            |who: Result<Caller, ApiError>, headers: HeaderMap, body, pool: Pool| async move {
+                match create_profile(&pool, who, &headers, body).await {
+                    Ok(profile) => reply(&profile, StatusCode::CREATED),
+                    Err(e) => e.into_response(),
+                }
+            },
+        );
 
     list.or(one)
         .unify()
@@ -265,9 +379,19 @@ pub fn routes(
         .unify()
         .or(holds)
         .unify()
+        .or(profiles)
+        .unify()
 }
 
-fn answer<T: Serialize>(result: Result<T, ApiError>) -> Response {
+/// Run `work` for an identified caller and answer 200 with its JSON, or the error.
+async fn answer<T: Serialize>(
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+    who: Result<Caller, ApiError>,
+) -> Response {
+    let result = match who {
+        Ok(_) => work.await,
+        Err(e) => Err(e),
+    };
     match result {
         Ok(body) => reply(&body, StatusCode::OK),
         Err(e) => e.into_response(),
@@ -563,7 +687,7 @@ pub struct Vote {
 async fn cast_vote<S, B>(
     pool: &Pool,
     raw_id: &str,
-    user: Result<User, ApiError>,
+    who: Result<Caller, ApiError>,
     headers: &HeaderMap,
     body: S,
 ) -> Result<Vote, ApiError>
@@ -571,8 +695,9 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
+    let who = who?;
     let poll_id = parse_poll_id(raw_id)?;
-    let user = user?;
+    let user = who.user()?;
     let body = read_body(headers, body).await?;
     let option_index = parse_vote_body(&body)?;
     let run = async {
@@ -585,7 +710,7 @@ where
             )
             .await?;
         let r = client
-            .query_one(&stmt, &[&poll_id, &user.id, &option_index])
+            .query_one(&stmt, &[&poll_id, &user, &option_index])
             .await?;
         Ok::<_, DbError>(Vote {
             id: r.try_get(0)?,
@@ -675,6 +800,118 @@ async fn boost_poll(pool: &Pool, raw_id: &str) -> Result<Boost, ApiError> {
     run.await.map_err(|e| ApiError::from_db(e, "boost_poll"))
 }
 
+/// A profile as stored.
+#[derive(Debug, Serialize)]
+pub struct Profile {
+    pub id: String,
+    pub username: String,
+    pub display_name: Option<String>,
+    pub created_at: String,
+}
+
+/// `POST /api/v1/profiles` with `{"username": "…", "display_name"?: "…", "id"?: "<uuid>"}`.
+///
+/// With auth on, a user creates its own profile: the id is the token's `sub` (a body `id`
+/// must match it); only `service_role` may name another id or leave it to the database.
+/// With auth off (development), the body's `id`, or a new one.
+async fn create_profile<S, B>(
+    pool: &Pool,
+    who: Result<Caller, ApiError>,
+    headers: &HeaderMap,
+    body: S,
+) -> Result<Profile, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let who = who?;
+    let body = read_body(headers, body).await?;
+    let req = parse_profile_body(&body)?;
+    let id = if who.auth_on && !who.is_service() {
+        let sub = who.user()?;
+        if req.id.as_deref().is_some_and(|id| id != sub) {
+            return Err(ApiError::Forbidden(
+                "a profile's id is the token's sub: only service_role may create others".into(),
+            ));
+        }
+        Some(sub.to_owned())
+    } else {
+        req.id
+    };
+    let run = async {
+        let client = db::client(pool).await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO public.profiles (id, username, display_name) \
+                 VALUES (coalesce($1::text::uuid, gen_random_uuid()), $2, $3) \
+                 RETURNING id::text, username, display_name, \
+                   to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            )
+            .await?;
+        let r = client
+            .query_one(&stmt, &[&id, &req.username, &req.display_name])
+            .await?;
+        Ok::<_, DbError>(Profile {
+            id: r.try_get(0)?,
+            username: r.try_get(1)?,
+            display_name: r.try_get(2)?,
+            created_at: r.try_get(3)?,
+        })
+    };
+    run.await.map_err(|e| ApiError::from_db(e, "create_profile"))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct ProfileRequest {
+    id: Option<String>,
+    username: String,
+    display_name: Option<String>,
+}
+
+fn parse_profile_body(body: &[u8]) -> Result<ProfileRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidBody(format!("body is not valid JSON: {e}")))?;
+    let obj = value.as_object().ok_or_else(|| {
+        ApiError::InvalidBody("body must be a JSON object with \"username\"".into())
+    })?;
+    let text = |key: &str| -> Result<Option<String>, ApiError> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
+            Some(other) => Err(ApiError::InvalidBody(format!(
+                "{key} must be a string, got {other}"
+            ))),
+        }
+    };
+    let username = text("username")?
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ApiError::InvalidBody("username is required".into()))?;
+    if username.chars().count() > MAX_USERNAME_CHARS {
+        return Err(ApiError::InvalidBody(format!(
+            "username is longer than {MAX_USERNAME_CHARS} characters"
+        )));
+    }
+    let display_name = text("display_name")?.filter(|d| !d.is_empty());
+    if display_name
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 4 * MAX_USERNAME_CHARS)
+    {
+        return Err(ApiError::InvalidBody(format!(
+            "display_name is longer than {} characters",
+            4 * MAX_USERNAME_CHARS
+        )));
+    }
+    let id = text("id")?.map(|i| i.to_ascii_lowercase());
+    if id.as_deref().is_some_and(|i| !is_uuid(i)) {
+        return Err(ApiError::InvalidBody("id must be a uuid".into()));
+    }
+    Ok(ProfileRequest {
+        id,
+        username,
+        display_name,
+    })
+}
+
 /// `a=1&b=x%20y` → pairs, percent-decoded (shared with the socket's query parsing).
 fn parse_query(q: &str) -> Vec<(String, String)> {
     crate::server::query_pairs(q)
@@ -685,23 +922,96 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_header() {
+    fn callers_without_auth() {
         let mut h = HeaderMap::new();
-        assert_eq!(user_from_headers(&h), Err(ApiError::UserRequired));
+        let anon = caller_from_headers(None, &h).unwrap();
+        assert_eq!(anon.user, None);
+        assert_eq!(anon.user().unwrap_err().code(), "UserRequired");
         h.insert(USER_HEADER, "not-a-uuid".parse().unwrap());
-        assert_eq!(user_from_headers(&h), Err(ApiError::InvalidUserId));
+        assert_eq!(caller_from_headers(None, &h), Err(ApiError::InvalidUserId));
         h.insert(
             USER_HEADER,
             "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11".parse().unwrap(),
         );
         assert_eq!(
-            user_from_headers(&h),
-            Ok(User {
-                id: "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()
-            })
+            caller_from_headers(None, &h).unwrap().user.as_deref(),
+            Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
         );
         assert!(!is_uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1g"));
         assert!(!is_uuid("a0eebc999c0b-4ef8-bb6d-6bb9bd380a11-"));
+    }
+
+    #[test]
+    fn callers_with_auth_come_from_the_token_only() {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let v = Verifier::hs256("k");
+        let sign = |claims: Value| {
+            encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(b"k"),
+            )
+            .unwrap()
+        };
+        let exp = auth::now() + 600;
+        let user = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        let mut h = HeaderMap::new();
+        // The header identity means nothing with auth on.
+        h.insert(USER_HEADER, user.parse().unwrap());
+        let e = caller_from_headers(Some(&v), &h).unwrap_err();
+        assert_eq!((e.status().as_u16(), e.code()), (401, "InvalidJWTToken"));
+        assert_eq!(e.to_string(), "API key is missing");
+
+        let t = sign(json!({"sub": user, "role": "authenticated", "exp": exp}));
+        h.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        let c = caller_from_headers(Some(&v), &h).unwrap();
+        assert_eq!(c.user.as_deref(), Some(user));
+        assert_eq!(c.role.as_deref(), Some("authenticated"));
+
+        let anon = sign(json!({"role": "anon", "exp": exp}));
+        h.insert("authorization", format!("Bearer {anon}").parse().unwrap());
+        let c = caller_from_headers(Some(&v), &h).unwrap();
+        assert_eq!(c.user, None);
+        assert!(c.user().unwrap_err().to_string().contains("sub claim"));
+
+        let forged = encode(
+            &Header::default(),
+            &json!({"sub": user, "role": "service_role", "exp": exp}),
+            &EncodingKey::from_secret(b"other"),
+        )
+        .unwrap();
+        h.remove("authorization");
+        h.insert("apikey", forged.parse().unwrap());
+        let e = caller_from_headers(Some(&v), &h).unwrap_err();
+        assert_eq!((e.status().as_u16(), e.code()), (401, "JwtSignatureError"));
+    }
+
+    #[test]
+    fn profile_bodies() {
+        assert_eq!(
+            parse_profile_body(br#"{"username": " ann ", "display_name": ""}"#),
+            Ok(ProfileRequest {
+                id: None,
+                username: "ann".into(),
+                display_name: None
+            })
+        );
+        for bad in [
+            &br#"{"username": ""}"#[..],
+            br#"{"username": 3}"#,
+            br#"{"display_name": "x"}"#,
+            br#"{"username": "a", "id": "nope"}"#,
+            br#"[]"#,
+            b"{",
+        ] {
+            assert_eq!(
+                parse_profile_body(bad).unwrap_err().code(),
+                "InvalidBody",
+                "{bad:?}"
+            );
+        }
+        let long = format!(r#"{{"username": "{}"}}"#, "x".repeat(MAX_USERNAME_CHARS + 1));
+        assert!(parse_profile_body(long.as_bytes()).is_err());
     }
 
     #[test]
@@ -726,7 +1036,9 @@ mod tests {
     #[test]
     fn statuses_and_codes() {
         for (e, status, code) in [
-            (ApiError::UserRequired, 401, "UserRequired"),
+            (ApiError::UserRequired(String::new()), 401, "UserRequired"),
+            (ApiError::ProfileExists(String::new()), 409, "ProfileExists"),
+            (ApiError::Forbidden(String::new()), 403, "Forbidden"),
             (ApiError::PollNotFound(String::new()), 404, "PollNotFound"),
             (ApiError::AlreadyVoted(String::new()), 409, "AlreadyVoted"),
             (ApiError::HoldTooShort(String::new()), 422, "HoldTooShort"),

@@ -428,7 +428,7 @@ fn routes(
         .or(inspector)
         .or(metrics)
         .or(ready)
-        .or(crate::api::routes(relay.pool.clone()))
+        .or(crate::api::routes(relay.pool.clone(), relay.auth.clone()))
         .recover(|_rej: warp::Rejection| async {
             Ok::<_, Infallible>(json_error(StatusCode::NOT_FOUND, "Not found"))
         })

@@ -276,3 +276,192 @@ async fn with_auth_a_hold_belongs_to_the_token_user() {
     assert_eq!(owner, mallory);
     relay.stop().await;
 }
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn the_api_needs_a_token_and_takes_the_user_from_it() {
+    use crate::api::{assert_error, hold, poll, request, users};
+    let relay = secured().await;
+    let db = relay.db().await;
+    let ids = users(&db, "api-auth-", 2).await;
+    let (alice, mallory) = (&ids[0], &ids[1]);
+    let p = poll(&db, "Auth?", json!(["yes", "no"]), "active").await;
+    hold(&db, alice, Some(p), 4000, Some(100)).await;
+    let votes = format!("/api/v1/polls/{p}/votes");
+    let body = br#"{"option_index": 1}"#;
+
+    // No token: refused with Supabase's text, for reads as for writes.
+    let (status, json, _) = request(relay.addr, "GET", "/api/v1/stats", &[], None).await;
+    assert_error((status, json.clone()), 401, "InvalidJWTToken");
+    assert_eq!(json["error"], "API key is missing");
+    let (status, json, _) = request(relay.addr, "POST", &votes, &[("X-User-Id", alice)], Some(body)).await;
+    assert_error((status, json), 401, "InvalidJWTToken");
+
+    // A forged token.
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": alice, "role": "authenticated", "exp": now() + 60}),
+        &EncodingKey::from_secret(b"guess"),
+    )
+    .unwrap();
+    let (status, json, _) = request(relay.addr, "GET", "/api/v1/stats", &[("Authorization", &bearer(&forged))], None).await;
+    assert_error((status, json.clone()), 401, "JwtSignatureError");
+    assert_eq!(json["error"], "Failed to validate JWT signature");
+
+    // An expired one.
+    let expired = token(json!({"sub": alice, "role": "authenticated", "exp": now() - 10}));
+    let (status, json, _) = request(relay.addr, "GET", "/api/v1/stats", &[("Authorization", &bearer(&expired))], None).await;
+    assert_error((status, json.clone()), 401, "InvalidJWTToken");
+    assert!(json["error"].as_str().unwrap().starts_with("Token has expired "), "{json}");
+
+    // Any valid token reads; the `apikey` header (supabase-js sends it) works too.
+    let anon = token(json!({"role": "anon", "exp": now() + 60}));
+    let (status, json, _) = request(relay.addr, "GET", "/api/v1/stats", &[("apikey", &anon)], None).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["users"], 2);
+
+    // An anonymous token cannot vote: there is no user to vote for.
+    let (status, json, _) = request(relay.addr, "POST", &votes, &[("Authorization", &bearer(&anon))], Some(body)).await;
+    assert_error((status, json), 401, "UserRequired");
+
+    // Mallory names Alice in the header: the vote is Mallory's, who held nothing → 422.
+    let (status, json, _) = request(
+        relay.addr,
+        "POST",
+        &votes,
+        &[("Authorization", &bearer(&user_token(mallory))), ("X-User-Id", alice)],
+        Some(body),
+    )
+    .await;
+    assert_error((status, json), 422, "HoldTooShort");
+    // Alice's own token casts Alice's vote.
+    let (status, json, _) = request(relay.addr, "POST", &votes, &[("Authorization", &bearer(&user_token(alice)))], Some(body)).await;
+    assert_eq!(status, 201, "{json}");
+    assert_eq!(json["user_id"], alice.as_str());
+    assert_eq!(json["poll_id"], p);
+    assert_eq!(json["option_index"], 1);
+    let stored: i64 = db
+        .query_one("SELECT count(*) FROM user_votes WHERE user_id = $1::text::uuid", &[alice])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_profile_is_created_for_the_token_user_only() {
+    use crate::api::{assert_error, request};
+    let relay = secured().await;
+    let me = "5f0c2a7e-8a51-4c43-9a53-0c9d4c1f2b11";
+    let other = "6a1d3b8f-9b62-4d54-8b64-1dae5d203c22";
+    let mine = user_token(me);
+    let auth = [("Authorization", bearer(&mine))];
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let (status, json, _) = request(relay.addr, "POST", "/api/v1/profiles", &auth, Some(br#"{"username":"me","display_name":"Me"}"#)).await;
+    assert_eq!(status, 201, "{json}");
+    assert_eq!(json["id"], me);
+    assert_eq!(json["username"], "me");
+    assert_eq!(json["display_name"], "Me");
+    assert!(json["created_at"].is_string());
+    // Again: the id exists.
+    let (status, json, _) = request(relay.addr, "POST", "/api/v1/profiles", &auth, Some(br#"{"username":"me2"}"#)).await;
+    assert_error((status, json), 409, "ProfileExists");
+    // Naming someone else's id.
+    let body = format!(r#"{{"username":"x","id":"{other}"}}"#);
+    let (status, json, _) = request(relay.addr, "POST", "/api/v1/profiles", &auth, Some(body.as_bytes())).await;
+    assert_error((status, json), 403, "Forbidden");
+    // An anonymous token names no user.
+    let anon = token(json!({"role": "anon", "exp": now() + 60}));
+    let (status, json, _) = request(relay.addr, "POST", "/api/v1/profiles", &[("Authorization", &bearer(&anon))], Some(br#"{"username":"anon"}"#)).await;
+    assert_error((status, json), 401, "UserRequired");
+    // The service role may create any profile; a taken username is a conflict.
+    let service = token(json!({"role": "service_role", "exp": now() + 60}));
+    let (status, json, _) = request(relay.addr, "POST", "/api/v1/profiles", &[("Authorization", &bearer(&service))], Some(body.as_bytes())).await;
+    assert_eq!(status, 201, "{json}");
+    assert_eq!(json["id"], other);
+    let (status, json, _) = request(relay.addr, "POST", "/api/v1/profiles", &[("Authorization", &bearer(&service))], Some(br#"{"username":"me"}"#)).await;
+    assert_error((status, json.clone()), 409, "ProfileExists");
+    assert_eq!(json["error"], "this username is taken");
+    relay.stop().await;
+}
+
+/// The test keys in tests/fixtures/jwt (see its README).
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/jwt")
+        .join(name)
+}
+
+fn signed(alg: Algorithm, key_file: &str, kid: Option<&str>, claims: Value) -> String {
+    let pem = std::fs::read(fixture(key_file)).unwrap();
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+    };
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, &claims, &key).unwrap()
+}
+
+/// (status, error text or "") of `GET /api/v1/stats` with `token`, and whether a WebSocket
+/// with it as `apikey` is accepted.
+async fn accepts(relay: &Relay, token: &str) -> (u16, String, bool) {
+    let (status, json, _) = crate::api::request(
+        relay.addr,
+        "GET",
+        "/api/v1/stats",
+        &[("Authorization", &bearer(token))],
+        None,
+    )
+    .await;
+    let url = format!("ws://{}/realtime/v1/websocket?apikey={token}&vsn=2.0.0", relay.addr);
+    let ws_ok = tokio_tungstenite::connect_async(&url).await.is_ok();
+    let error = json["error"].as_str().unwrap_or_default().to_owned();
+    (status, error, ws_ok)
+}
+
+#[tokio::test]
+async fn rs256_and_es256_public_keys_verify_tokens() {
+    let claims = json!({"sub": "u", "role": "authenticated", "exp": now() + 600});
+    let ok = (200, String::new(), true);
+    let bad_sig = (401, "Failed to validate JWT signature".to_owned(), false);
+
+    let relay = start_relay_with(|c| c.jwt_public_key = Some(fixture("rs256.pub"))).await;
+    assert_eq!(accepts(&relay, &signed(Algorithm::RS256, "rs256.key", None, claims.clone())).await, ok);
+    // Another RSA key, an EC key, and the HS256 "none of your keys" case.
+    assert_eq!(accepts(&relay, &signed(Algorithm::RS256, "jwks-rs256.key", None, claims.clone())).await, bad_sig);
+    assert_eq!(accepts(&relay, &signed(Algorithm::ES256, "es256.key", None, claims.clone())).await, bad_sig);
+    assert_eq!(accepts(&relay, &token(claims.clone())).await, bad_sig);
+    relay.stop().await;
+
+    let relay = start_relay_with(|c| c.jwt_public_key = Some(fixture("es256.pub"))).await;
+    assert_eq!(accepts(&relay, &signed(Algorithm::ES256, "es256.key", None, claims.clone())).await, ok);
+    assert_eq!(accepts(&relay, &signed(Algorithm::ES256, "jwks-es256.key", None, claims.clone())).await, bad_sig);
+    let expired = json!({"sub": "u", "role": "authenticated", "exp": now() - 5});
+    let (status, error, ws_ok) = accepts(&relay, &signed(Algorithm::ES256, "es256.key", None, expired)).await;
+    assert_eq!((status, ws_ok), (401, false));
+    assert!(error.starts_with("Token has expired "), "{error}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_jwks_file_verifies_tokens_by_kid() {
+    let claims = json!({"sub": "u", "role": "authenticated", "exp": now() + 600});
+    let ok = (200, String::new(), true);
+    let bad_sig = (401, "Failed to validate JWT signature".to_owned(), false);
+    let relay = start_relay_with(|c| c.jwks_file = Some(fixture("jwks.json"))).await;
+    assert_eq!(accepts(&relay, &signed(Algorithm::RS256, "jwks-rs256.key", Some("rsa-1"), claims.clone())).await, ok);
+    assert_eq!(accepts(&relay, &signed(Algorithm::ES256, "jwks-es256.key", Some("ec-1"), claims.clone())).await, ok);
+    // Without a kid every key of the algorithm is tried.
+    assert_eq!(accepts(&relay, &signed(Algorithm::RS256, "jwks-rs256.key", None, claims.clone())).await, ok);
+    // A key not in the set, under a kid that is.
+    assert_eq!(accepts(&relay, &signed(Algorithm::RS256, "rs256.key", Some("rsa-1"), claims.clone())).await, bad_sig);
+    // The right key under the other key's kid.
+    assert_eq!(accepts(&relay, &signed(Algorithm::ES256, "jwks-es256.key", Some("rsa-1"), claims.clone())).await, bad_sig);
+    relay.stop().await;
+}
