@@ -214,6 +214,29 @@ impl Change {
     }
 }
 
+impl Change {
+    /// The event's `data` without the `hidden` columns (read policies): removed from
+    /// `record`, `old_record` and `columns`. Rendered from `data`, so every other field is
+    /// exactly what everyone else gets.
+    pub fn data_hiding(&self, hidden: &[String]) -> String {
+        let is_hidden = |name: &str| hidden.iter().any(|h| h == name);
+        let Ok(Value::Object(mut data)) = serde_json::from_str::<Value>(&self.data) else {
+            // `data` is always an object we wrote; should it ever not be, send no row at all
+            // rather than one that may hold a hidden value.
+            return "{\"errors\":[\"row withheld\"]}".to_owned();
+        };
+        for key in ["record", "old_record"] {
+            if let Some(Value::Object(row)) = data.get_mut(key) {
+                row.retain(|k, _| !is_hidden(k));
+            }
+        }
+        if let Some(Value::Array(columns)) = data.get_mut("columns") {
+            columns.retain(|c| !c.get("name").and_then(Value::as_str).is_some_and(is_hidden));
+        }
+        Value::Object(data).to_string()
+    }
+}
+
 fn as_row(v: Option<Value>) -> Option<Row> {
     match v {
         Some(Value::Object(m)) => Some(m),
@@ -470,6 +493,18 @@ mod tests {
                 "columns":[{"name":"id","type":"int8"},{"name":"status","type":"text"}],
                 "commit_timestamp":"2026-11-27T10:00:00.123Z","errors":null,
                 "old_record":{"id":7,"status":"closed"},
+                "schema":"public","table":"polls","type":"DELETE"})
+        );
+        let mut change = change;
+        change.data = data_json(&change, &info);
+        let hidden: Value =
+            serde_json::from_str(&change.data_hiding(&["status".into()])).unwrap();
+        assert_eq!(
+            hidden,
+            serde_json::json!({
+                "columns":[{"name":"id","type":"int8"}],
+                "commit_timestamp":"2026-11-27T10:00:00.123Z","errors":null,
+                "old_record":{"id":7},
                 "schema":"public","table":"polls","type":"DELETE"})
         );
         assert!(info.fits(&rec));

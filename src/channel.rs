@@ -13,7 +13,7 @@ use crate::auth::Claims;
 use crate::change::{Catalog, Op};
 use crate::filter;
 use crate::policy::Policies;
-use crate::router::{NewBinding, Scope, TopicKey};
+use crate::router::{Hidden, NewBinding, Scope, TopicKey};
 
 /// A channel this socket has joined.
 #[derive(Debug)]
@@ -359,6 +359,7 @@ async fn validate_one(
                 filter_text: String::new(),
                 filter: None,
                 eq_type: None,
+                hidden: Hidden::default(),
                 id,
             })
         }
@@ -377,8 +378,23 @@ async fn validate_one(
             // the binding's identity, so equal (filter, policy) pairs still share one binding.
             let mut filter_text = filter_text.trim().to_owned();
             let mut parsed = parsed;
+            let mut hidden = Vec::new();
             if let Some(a) = access {
-                if let Some(policy) = a.policies.row_filter(schema, table, a.claims)? {
+                let grant = a.policies.grant(schema, table, a.claims)?;
+                // Checked on the subscriber's own filter, before the policy's is added: a
+                // filter on a hidden column would tell its value by what it lets through.
+                if let Some(col) = parsed
+                    .as_ref()
+                    .and_then(|f| f.columns().find(|c| grant.hidden.iter().any(|h| h == c)))
+                {
+                    return Err(format!(
+                        "Unauthorized: column {col} of {schema}.{table} is hidden from role {}, \
+                         so a filter may not name it",
+                        a.claims.role
+                    ));
+                }
+                hidden = grant.hidden;
+                if let Some(policy) = grant.row_filter {
                     filter_text = if filter_text.is_empty() {
                         policy
                     } else {
@@ -404,6 +420,7 @@ async fn validate_one(
                 filter_text,
                 filter,
                 eq_type,
+                hidden: hidden.into(),
                 id,
             })
         }

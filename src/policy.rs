@@ -1,10 +1,14 @@
-//! Read policies: which rows of a table a subscriber may receive, by role and claims, kept in
-//! `pgrelay.read_policies` where DBAs edit them and evaluated in memory.
+//! Read policies: which rows of a table a subscriber may receive and which of their columns it
+//! may not see, by role and claims, kept in `pgrelay.read_policies` where DBAs edit them and
+//! evaluated in memory.
 //!
 //! A policy is a filter in the `postgres_changes` grammar with `{sub}` standing for the
 //! subscriber's `sub` claim. At join time it is combined (AND) with the subscriber's own
 //! filter, so it costs what a filter costs: once per distinct binding per change, and a policy
-//! such as `user_id=eq.{sub}` on its own is found by hash lookup.
+//! such as `user_id=eq.{sub}` on its own is found by hash lookup. Hidden columns are removed
+//! from the rows and the column list of every event the subscriber gets, rendered once per
+//! change for each distinct set of hidden columns; a subscriber's filter may not name them
+//! (it would reveal their values by what it lets through).
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -18,6 +22,16 @@ use crate::db::{self, DbError};
 struct Rule {
     role: String,
     row_filter: Option<String>,
+    hidden_columns: Vec<String>,
+}
+
+/// What a subscriber may read of a table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// The rows: `None` for every row, else a filter in the `postgres_changes` grammar.
+    pub row_filter: Option<String>,
+    /// Columns removed from what it receives, sorted, without duplicates.
+    pub hidden: Vec<String>,
 }
 
 /// The loaded policies, by (schema, table).
@@ -35,7 +49,8 @@ impl Policies {
         let client = db::client(pool).await?;
         let rows = client
             .query(
-                "SELECT schema_name, table_name, role, row_filter FROM pgrelay.read_policies",
+                "SELECT schema_name, table_name, role, row_filter, hidden_columns \
+                 FROM pgrelay.read_policies",
                 &[],
             )
             .await?;
@@ -47,6 +62,9 @@ impl Policies {
                 .push(Rule {
                     role: r.try_get(2)?,
                     row_filter: r.try_get(3)?,
+                    hidden_columns: r
+                        .try_get::<_, Option<Vec<String>>>(4)?
+                        .unwrap_or_default(),
                 });
         }
         let n = rows.len();
@@ -54,20 +72,15 @@ impl Policies {
         Ok(n)
     }
 
-    /// The filter a subscriber must be held to on a table: `Ok(None)` for every row,
-    /// `Ok(Some(filter))` for the rows it may see.
+    /// What a subscriber may read of a table: the filter it is held to and the columns it
+    /// does not see.
     ///
     /// # Errors
     /// The role may not read the table at all (the reason, for the subscriber).
-    pub fn row_filter(
-        &self,
-        schema: &str,
-        table: &str,
-        claims: &Claims,
-    ) -> Result<Option<String>, String> {
+    pub fn grant(&self, schema: &str, table: &str, claims: &Claims) -> Result<Grant, String> {
         let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
         let Some(list) = rules.get(&(schema.to_owned(), table.to_owned())) else {
-            return Ok(None);
+            return Ok(Grant::default());
         };
         let rule = list
             .iter()
@@ -79,18 +92,30 @@ impl Policies {
                     claims.role
                 )
             })?;
+        let mut hidden = rule.hidden_columns.clone();
+        hidden.sort_unstable();
+        hidden.dedup();
         let Some(filter) = &rule.row_filter else {
-            return Ok(None);
+            return Ok(Grant {
+                row_filter: None,
+                hidden,
+            });
         };
         if !filter.contains("{sub}") {
-            return Ok(Some(filter.clone()));
+            return Ok(Grant {
+                row_filter: Some(filter.clone()),
+                hidden,
+            });
         }
         let sub = claims.sub.as_deref().ok_or_else(|| {
             format!("Unauthorized: reading {schema}.{table} needs a token with a sub claim")
         })?;
         // Quoted, so a sub with commas or quotes stays one value.
         let quoted = format!("\"{}\"", sub.replace('\\', "\\\\").replace('"', "\\\""));
-        Ok(Some(filter.replace("{sub}", &quoted)))
+        Ok(Grant {
+            row_filter: Some(filter.replace("{sub}", &quoted)),
+            hidden,
+        })
     }
 
     /// Whether any table of `schema` (any schema for `None`) has policies: wildcard
@@ -124,37 +149,43 @@ mod tests {
                 Rule {
                     role: "authenticated".into(),
                     row_filter: Some("user_id=eq.{sub}".into()),
+                    hidden_columns: vec!["hold_ms".into(), "created_at".into(), "hold_ms".into()],
                 },
                 Rule {
                     role: "service_role".into(),
                     row_filter: None,
+                    hidden_columns: vec![],
                 },
             ],
         );
+        let rows = |g: Result<Grant, String>| g.map(|g| g.row_filter);
         assert_eq!(
-            p.row_filter("public", "user_votes", &claims("authenticated", Some("u1"))),
-            Ok(Some("user_id=eq.\"u1\"".into()))
+            p.grant("public", "user_votes", &claims("authenticated", Some("u1"))),
+            Ok(Grant {
+                row_filter: Some("user_id=eq.\"u1\"".into()),
+                hidden: vec!["created_at".into(), "hold_ms".into()],
+            })
         );
         assert_eq!(
-            p.row_filter("public", "user_votes", &claims("service_role", None)),
+            rows(p.grant("public", "user_votes", &claims("service_role", None))),
             Ok(None)
         );
         assert!(p
-            .row_filter("public", "user_votes", &claims("anon", None))
+            .grant("public", "user_votes", &claims("anon", None))
             .is_err());
         assert!(p
-            .row_filter("public", "user_votes", &claims("authenticated", None))
+            .grant("public", "user_votes", &claims("authenticated", None))
             .is_err());
         assert_eq!(
-            p.row_filter("public", "polls", &claims("anon", None)),
+            rows(p.grant("public", "polls", &claims("anon", None))),
             Ok(None)
         );
         assert_eq!(
-            p.row_filter(
+            rows(p.grant(
                 "public",
                 "user_votes",
                 &claims("authenticated", Some("a\",b"))
-            ),
+            )),
             Ok(Some("user_id=eq.\"a\\\",b\"".into()))
         );
         assert!(p.any_in(Some("public")) && !p.any_in(Some("other")));

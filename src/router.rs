@@ -117,6 +117,9 @@ pub enum Scope {
     },
 }
 
+/// Columns a subscriber may not see (read policies), sorted; empty for most.
+pub type Hidden = Arc<[String]>;
+
 /// A validated `postgres_changes` binding ready to index.
 #[derive(Debug)]
 pub struct NewBinding {
@@ -128,6 +131,8 @@ pub struct NewBinding {
     pub filter: Option<BoundFilter>,
     /// Typename of the column of a single `eq` filter, when it is indexable.
     pub eq_type: Option<String>,
+    /// Columns removed from the events this binding delivers (part of its identity).
+    pub hidden: Hidden,
     /// Id echoed in the join reply and carried in events.
     pub id: u32,
 }
@@ -144,6 +149,15 @@ impl NewBinding {
             && self.event.is_none_or(|e| e == change.op)
             && matches(self.filter.as_ref(), change)
     }
+
+    /// The event's `data` as this binding's subscriber may see it.
+    pub fn data<'c>(&self, change: &'c Change) -> std::borrow::Cow<'c, str> {
+        if self.hidden.is_empty() {
+            std::borrow::Cow::Borrowed(&change.data)
+        } else {
+            std::borrow::Cow::Owned(change.data_hiding(&self.hidden))
+        }
+    }
 }
 
 type BindingId = u64;
@@ -154,6 +168,7 @@ struct BindingKey {
     scope: Scope,
     event: Option<Op>,
     filter_text: String,
+    hidden: Hidden,
 }
 
 #[derive(Debug)]
@@ -237,6 +252,10 @@ pub struct Router {
     next_socket: AtomicU64,
     metrics: Arc<Metrics>,
 }
+
+/// What makes two deliveries of one change the same frame: serializer, topic, binding ids and
+/// the columns hidden from the subscriber.
+type FrameKey<'a> = (Vsn, &'a str, Vec<u32>, &'a [String]);
 
 /// One planned delivery: a frame for one socket.
 struct Delivery {
@@ -460,13 +479,14 @@ impl Router {
         }
         let mut held = Vec::with_capacity(bindings.len());
         for b in bindings {
-            let id = st.binding_for(b.scope, b.event, b.filter_text, b.filter, b.eq_type);
+            let sub_id = b.id;
+            let id = st.binding_for(b);
             if let Some(binding) = st.bindings.get_mut(&id) {
                 binding
                     .subs
                     .entry((socket, topic.clone()))
                     .or_default()
-                    .push(b.id);
+                    .push(sub_id);
             }
             if !held.contains(&id) {
                 held.push(id);
@@ -607,18 +627,21 @@ impl State {
         }
     }
 
-    fn binding_for(
-        &mut self,
-        scope: Scope,
-        event: Option<Op>,
-        filter_text: String,
-        filter: Option<BoundFilter>,
-        eq_type: Option<String>,
-    ) -> BindingId {
+    fn binding_for(&mut self, b: NewBinding) -> BindingId {
+        let NewBinding {
+            scope,
+            event,
+            filter_text,
+            filter,
+            eq_type,
+            hidden,
+            ..
+        } = b;
         let key = BindingKey {
             scope,
             event,
             filter_text,
+            hidden,
         };
         if let Some(&id) = self.keys.get(&key) {
             return id;
@@ -744,8 +767,8 @@ impl State {
         candidates.sort_unstable();
         candidates.dedup();
 
-        // (socket, topic, id) for every subscription of every matching binding.
-        let mut hits: Vec<(SocketId, &Arc<str>, u32)> = Vec::new();
+        // (socket, topic, id, hidden columns) for every subscription of every matching binding.
+        let mut hits: Vec<(SocketId, &Arc<str>, u32, &Hidden)> = Vec::new();
         for id in candidates {
             let Some(b) = self.bindings.get(&id) else {
                 continue;
@@ -759,7 +782,7 @@ impl State {
             }
             for ((socket, topic), ids) in &b.subs {
                 for &sub_id in ids {
-                    hits.push((*socket, topic, sub_id));
+                    hits.push((*socket, topic, sub_id, &b.key.hidden));
                 }
             }
         }
@@ -767,13 +790,16 @@ impl State {
             return Vec::new();
         }
         hits.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
-        hits.dedup();
+        hits.dedup_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2));
 
-        let mut frames: HashMap<(Vsn, &str, Vec<u32>), Arc<str>> = HashMap::new();
+        // A channel's bindings on one table share its subscriber's hidden columns (wildcards
+        // are refused where policies apply), so a group's first hit speaks for the group.
+        let mut redacted: Vec<(&Hidden, String)> = Vec::new();
+        let mut frames: HashMap<FrameKey<'_>, Arc<str>> = HashMap::new();
         let mut out = Vec::new();
         let mut i = 0;
         while i < hits.len() {
-            let (socket, topic, _) = hits[i];
+            let (socket, topic, _, hidden) = hits[i];
             let mut ids = Vec::new();
             while i < hits.len() && hits[i].0 == socket && hits[i].1 == topic {
                 ids.push(hits[i].2);
@@ -787,10 +813,22 @@ impl State {
             else {
                 continue;
             };
+            let data: &str = if hidden.is_empty() {
+                &change.data
+            } else {
+                let at = match redacted.iter().position(|(h, _)| *h == hidden) {
+                    Some(at) => at,
+                    None => {
+                        redacted.push((hidden, change.data_hiding(hidden)));
+                        redacted.len() - 1
+                    }
+                };
+                &redacted[at].1
+            };
             let frame = frames
-                .entry((vsn, topic.as_ref(), ids))
-                .or_insert_with_key(|(vsn, topic, ids)| {
-                    protocol::postgres_changes(*vsn, topic, ids, &change.data).into()
+                .entry((vsn, topic.as_ref(), ids, hidden))
+                .or_insert_with_key(|(vsn, topic, ids, _)| {
+                    protocol::postgres_changes(*vsn, topic, ids, data).into()
                 })
                 .clone();
             out.push(Delivery { socket, frame });
@@ -874,6 +912,7 @@ mod tests {
             filter_text: filter.into(),
             filter: bound,
             eq_type,
+            hidden: Hidden::default(),
             id,
         }
     }

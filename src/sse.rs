@@ -209,7 +209,7 @@ async fn send_window(
         }
         let event = Event::default()
             .id(format!("{lo}/{hi}/{txmax}/{}", change.seq))
-            .data(change.data);
+            .data(binding.data(&change));
         send(tx, event).await?;
     }
     send(tx, Event::default().id(hi.to_owned())).await

@@ -465,3 +465,99 @@ async fn a_jwks_file_verifies_tokens_by_kid() {
     assert_eq!(accepts(&relay, &signed(Algorithm::ES256, "jwks-es256.key", Some("rsa-1"), claims.clone())).await, bad_sig);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn hidden_columns_never_reach_the_roles_they_are_hidden_from() {
+    let relay = secured().await;
+    let db = relay.db().await;
+    let (alice, poll) = seed(&db).await;
+    db.execute(
+        "UPDATE pgrelay.read_policies SET hidden_columns = '{hold_ms,created_at}' \
+         WHERE table_name = 'user_votes' AND role = 'authenticated'",
+        &[],
+    )
+    .await
+    .unwrap();
+    // The relay reloads policies when their table changes; a filter naming a hidden column
+    // is refused once it has.
+    let probe = json!([{"event":"*","schema":"public","table":"user_votes","filter":"hold_ms=gt.2999"}]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut ws = connect(&relay, &user_token(&alice)).await;
+        let (_, reply) = ws.join("realtime:probe", probe.clone()).await;
+        assert_eq!(reply["status"], "ok");
+        match ws.try_recv(Duration::from_millis(300)).await {
+            Some(sys) if sys.event == "system" && sys.payload["status"] == "error" => {
+                assert_eq!(
+                    sys.payload["message"],
+                    "Unauthorized: column hold_ms of public.user_votes is hidden from role \
+                     authenticated, so a filter may not name it"
+                );
+                break;
+            }
+            _ => {
+                assert!(tokio::time::Instant::now() < deadline, "policy never reloaded");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let every = json!([{"event":"*","schema":"public","table":"user_votes"}]);
+    let mut a = connect(&relay, &user_token(&alice)).await;
+    a.subscribe("realtime:votes", every.clone()).await;
+    let service = token(json!({"role":"service_role","exp":now() + 3600}));
+    let mut s = connect(&relay, &service).await;
+    s.subscribe("realtime:votes", every.clone()).await;
+
+    let id: i64 = db
+        .query_one(
+            "INSERT INTO user_votes (poll_id, user_id, option_index, hold_ms) \
+             VALUES ($1, $2::text::uuid, 1, 3456) RETURNING id",
+            &[&poll, &alice],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.execute("UPDATE user_votes SET option_index = 0 WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+
+    let names = |data: &Value| -> Vec<String> {
+        data["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Alice: her row, without the hidden columns, in the record, the old record and the
+    // column list.
+    let insert = a.recv_event("postgres_changes").await.payload["data"].clone();
+    assert_eq!(insert["type"], "INSERT");
+    assert_eq!(
+        insert["record"],
+        json!({"id": id, "poll_id": poll, "user_id": alice, "option_index": 1})
+    );
+    assert_eq!(names(&insert), ["id", "poll_id", "user_id", "option_index"]);
+    let update = a.recv_event("postgres_changes").await.payload["data"].clone();
+    assert_eq!(update["type"], "UPDATE");
+    assert_eq!(update["record"]["option_index"], 0);
+    assert_eq!(update["old_record"]["option_index"], 1);
+    for row in [&update["record"], &update["old_record"]] {
+        let keys: Vec<&String> = row.as_object().unwrap().keys().collect();
+        assert!(!keys.iter().any(|k| *k == "hold_ms" || *k == "created_at"), "{row}");
+    }
+    assert!(update["commit_timestamp"].is_string());
+    // The service role, whose rule hides nothing, gets every column.
+    let full = s.recv_event("postgres_changes").await.payload["data"].clone();
+    assert_eq!(full["record"]["hold_ms"], 3456);
+    assert!(full["record"]["created_at"].is_string());
+    assert_eq!(
+        names(&full),
+        ["id", "poll_id", "user_id", "option_index", "hold_ms", "created_at"]
+    );
+    assert_eq!(
+        s.recv_event("postgres_changes").await.payload["data"]["old_record"]["hold_ms"],
+        3456
+    );
+    relay.stop().await;
+}
