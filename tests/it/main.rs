@@ -11,6 +11,7 @@ mod cleanup;
 mod cli;
 mod compose;
 mod delivery;
+mod demo;
 mod faults;
 mod filters;
 mod fuzz;
