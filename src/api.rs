@@ -176,9 +176,7 @@ impl ApiError {
                 }
                 "23505" if what == "create_profile" => {
                     return ApiError::ProfileExists(match dbe.constraint() {
-                        Some(c) if c.contains("username") => {
-                            "this username is taken".to_owned()
-                        }
+                        Some(c) if c.contains("username") => "this username is taken".to_owned(),
                         _ => "a profile with this id exists".to_owned(),
                     })
                 }
@@ -311,9 +309,11 @@ pub fn routes(
         .and(caller.clone())
         .and(raw_query)
         .and(with_pool.clone())
-        .then(|who: Result<Caller, ApiError>, query: String, pool: Pool| async move {
-            answer(async { list_polls(&pool, &query).await }, who).await
-        });
+        .then(
+            |who: Result<Caller, ApiError>, query: String, pool: Pool| async move {
+                answer(async { list_polls(&pool, &query).await }, who).await
+            },
+        );
     let one = warp::path!("api" / "v1" / "polls" / String)
         .and(warp::get())
         .and(caller.clone())
@@ -321,20 +321,25 @@ pub fn routes(
         .then(|id: String, who, pool: Pool| async move {
             answer(async { get_poll(&pool, &id).await }, who).await
         });
-    let vote = warp::path!("api" / "v1" / "polls" / String / "votes")
-        .and(warp::post())
-        .and(caller.clone())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .and(with_pool.clone())
-        .then(
-            |id: String, who: Result<Caller, ApiError>, headers: HeaderMap, body, pool: Pool| async move {
-                match cast_vote(&pool, &id, who, &headers, body).await {
-                    Ok(vote) => reply(&vote, StatusCode::CREATED),
-                    Err(e) => e.into_response(),
-                }
-            },
-        );
+    let vote =
+        warp::path!("api" / "v1" / "polls" / String / "votes")
+            .and(warp::post())
+            .and(caller.clone())
+            .and(warp::header::headers_cloned())
+            .and(warp::body::stream())
+            .and(with_pool.clone())
+            .then(
+                |id: String,
+                 who: Result<Caller, ApiError>,
+                 headers: HeaderMap,
+                 body,
+                 pool: Pool| async move {
+                    match cast_vote(&pool, &id, who, &headers, body).await {
+                        Ok(vote) => reply(&vote, StatusCode::CREATED),
+                        Err(e) => e.into_response(),
+                    }
+                },
+            );
     let boost = warp::path!("api" / "v1" / "polls" / String / "boost")
         .and(warp::post())
         .and(caller.clone())
@@ -351,9 +356,9 @@ pub fn routes(
         .and(warp::get())
         .and(caller.clone())
         .and(with_pool.clone())
-        .then(|who, pool: Pool| async move {
-            answer(async { active_holds(&pool).await }, who).await
-        });
+        .then(
+            |who, pool: Pool| async move { answer(async { active_holds(&pool).await }, who).await },
+        );
     let profiles = warp::path!("api" / "v1" / "profiles")
         .and(warp::post())
         .and(caller)
@@ -858,7 +863,8 @@ where
             created_at: r.try_get(3)?,
         })
     };
-    run.await.map_err(|e| ApiError::from_db(e, "create_profile"))
+    run.await
+        .map_err(|e| ApiError::from_db(e, "create_profile"))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -946,12 +952,7 @@ mod tests {
         use jsonwebtoken::{encode, EncodingKey, Header};
         let v = Verifier::hs256("k");
         let sign = |claims: Value| {
-            encode(
-                &Header::default(),
-                &claims,
-                &EncodingKey::from_secret(b"k"),
-            )
-            .unwrap()
+            encode(&Header::default(), &claims, &EncodingKey::from_secret(b"k")).unwrap()
         };
         let exp = auth::now() + 600;
         let user = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
@@ -1010,7 +1011,10 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let long = format!(r#"{{"username": "{}"}}"#, "x".repeat(MAX_USERNAME_CHARS + 1));
+        let long = format!(
+            r#"{{"username": "{}"}}"#,
+            "x".repeat(MAX_USERNAME_CHARS + 1)
+        );
         assert!(parse_profile_body(long.as_bytes()).is_err());
     }
 

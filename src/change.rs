@@ -497,8 +497,7 @@ mod tests {
         );
         let mut change = change;
         change.data = data_json(&change, &info);
-        let hidden: Value =
-            serde_json::from_str(&change.data_hiding(&["status".into()])).unwrap();
+        let hidden: Value = serde_json::from_str(&change.data_hiding(&["status".into()])).unwrap();
         assert_eq!(
             hidden,
             serde_json::json!({

@@ -74,6 +74,13 @@ pub struct JoinRequest {
 /// Read `config` from a join payload. Unknown keys are ignored (newer clients add some).
 pub fn parse_join(payload: &Value, max_bindings: usize) -> Result<JoinRequest, JoinError> {
     let empty = Map::new();
+    // A join with no payload (null) is a join with no config; any other non-object is a
+    // client bug, refused rather than read as "no config".
+    if !matches!(payload, Value::Object(_) | Value::Null) {
+        return Err(JoinError::Malformed(
+            "the join payload must be an object".into(),
+        ));
+    }
     let config = match payload.get("config") {
         None | Some(Value::Null) => &empty,
         Some(Value::Object(c)) => c,

@@ -291,6 +291,18 @@ pub struct Limits {
     )]
     pub max_presence_events_per_second: u32,
 
+    /// Joins one socket may send per second. Over it the join is refused with Supabase's
+    /// `ClientJoinRateLimitReached: Too many joins per second` and the socket is closed, as
+    /// Supabase does: a client rejoining in a loop is broken, and each join costs validation.
+    #[arg(long, env = "PGRELAY_MAX_JOINS_PER_SECOND", default_value_t = 100)]
+    pub max_joins_per_second: u32,
+
+    /// Messages (pushes of any kind but heartbeats) one socket may send per second. Over it a
+    /// push is not processed and is answered with an error reply (`Too many messages per
+    /// second`); the socket and its channels stay up.
+    #[arg(long, env = "PGRELAY_MAX_MESSAGES_PER_SECOND", default_value_t = 1000)]
+    pub max_messages_per_second: u32,
+
     /// A socket that sends nothing (not even a heartbeat) for this long is closed, so its
     /// resources are freed when a client vanishes without a close frame.
     #[arg(long, env = "PGRELAY_HEARTBEAT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
@@ -325,6 +337,8 @@ impl Default for Limits {
             max_broadcast_payload_bytes: 3_000_000,
             max_presence_payload_bytes: 10_000,
             max_presence_events_per_second: 10,
+            max_joins_per_second: 100,
+            max_messages_per_second: 1000,
             heartbeat_timeout: Duration::from_secs(60),
             change_buffer: 65_536,
             listener_probe: Duration::from_secs(10),

@@ -108,7 +108,9 @@ impl Dispatcher {
     async fn on_payload(&mut self, payload: &str) {
         match change::decode(payload, &self.catalog).await {
             Ok(Notice::Change(change)) => {
-                if change.schema == "pgrelay" && change.table == "read_policies" {
+                if change.schema == "pgrelay"
+                    && matches!(change.table.as_str(), "read_policies" | "channel_policies")
+                {
                     self.reload_policies();
                 }
                 self.deliver(&change);

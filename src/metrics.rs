@@ -69,6 +69,8 @@ pub struct Metrics {
     pub changes_dropped_total: AtomicU64,
     pub deliveries_total: AtomicU64,
     pub cutoffs_total: AtomicU64,
+    /// Joins and pushes refused by the per-socket rate limits.
+    pub rate_limited_total: AtomicU64,
     pub listener_reconnects_total: AtomicU64,
     pub catchups_total: AtomicU64,
     pub catchup_changes_total: AtomicU64,
@@ -180,6 +182,12 @@ impl Metrics {
             "pgrelay_cutoffs_total",
             "Sockets cut off because their queue was full.",
             &self.cutoffs_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_rate_limited_total",
+            "Joins and messages refused by the per-socket rate limits.",
+            &self.rate_limited_total,
         );
         counter(
             &mut out,

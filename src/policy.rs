@@ -34,10 +34,31 @@ pub struct Grant {
     pub hidden: Vec<String>,
 }
 
-/// The loaded policies, by (schema, table).
+/// What a private channel allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelAction {
+    /// Join it, and receive its broadcasts and presence.
+    Read,
+    /// Broadcast on it.
+    Send,
+    /// Track presence on it.
+    Track,
+}
+
+#[derive(Debug, Clone)]
+struct ChannelRule {
+    pattern: String,
+    role: String,
+    read: bool,
+    send: bool,
+    track: bool,
+}
+
+/// The loaded policies: read policies by (schema, table), and the private channel rules.
 #[derive(Debug, Default)]
 pub struct Policies {
     rules: RwLock<HashMap<(String, String), Vec<Rule>>>,
+    channels: RwLock<Vec<ChannelRule>>,
 }
 
 impl Policies {
@@ -62,14 +83,46 @@ impl Policies {
                 .push(Rule {
                     role: r.try_get(2)?,
                     row_filter: r.try_get(3)?,
-                    hidden_columns: r
-                        .try_get::<_, Option<Vec<String>>>(4)?
-                        .unwrap_or_default(),
+                    hidden_columns: r.try_get::<_, Option<Vec<String>>>(4)?.unwrap_or_default(),
                 });
         }
-        let n = rows.len();
+        let mut n = rows.len();
+        let rows = client
+            .query(
+                "SELECT topic_pattern, role, can_read, can_send, can_track \
+                 FROM pgrelay.channel_policies",
+                &[],
+            )
+            .await?;
+        let mut channels = Vec::with_capacity(rows.len());
+        for r in &rows {
+            channels.push(ChannelRule {
+                pattern: r.try_get(0)?,
+                role: r.try_get(1)?,
+                read: r.try_get(2)?,
+                send: r.try_get(3)?,
+                track: r.try_get(4)?,
+            });
+        }
+        n += channels.len();
         *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
+        *self.channels.write().unwrap_or_else(|p| p.into_inner()) = channels;
         Ok(n)
+    }
+
+    /// Whether `claims` may do `action` on the private channel `name` (without `realtime:`):
+    /// some rule for its role (or `*`) whose pattern matches grants it.
+    pub fn channel_allows(&self, name: &str, claims: &Claims, action: ChannelAction) -> bool {
+        let rules = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        rules.iter().any(|r| {
+            (r.role == claims.role || r.role == "*")
+                && match action {
+                    ChannelAction::Read => r.read,
+                    ChannelAction::Send => r.send,
+                    ChannelAction::Track => r.track,
+                }
+                && topic_matches(&r.pattern, name, claims.sub.as_deref())
+        })
     }
 
     /// What a subscriber may read of a table: the filter it is held to and the columns it
@@ -126,6 +179,45 @@ impl Policies {
             .keys()
             .any(|(s, _)| schema.is_none_or(|want| want == s))
     }
+}
+
+/// `pattern` against a channel name: `*` matches any run of characters, `{sub}` the token's
+/// `sub` exactly (a pattern naming `{sub}` never matches for a token without one).
+fn topic_matches(pattern: &str, name: &str, sub: Option<&str>) -> bool {
+    let expanded;
+    let pattern = if pattern.contains("{sub}") {
+        // A sub holding `*` must not widen the pattern: such a token matches nothing.
+        let Some(sub) = sub.filter(|s| !s.is_empty() && !s.contains('*')) else {
+            return false;
+        };
+        expanded = pattern.replace("{sub}", sub);
+        expanded.as_str()
+    } else {
+        pattern
+    };
+    glob(pattern.as_bytes(), name.as_bytes())
+}
+
+/// Iterative glob with `*` only: linear backtracking to the last star, no recursion.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
@@ -189,5 +281,66 @@ mod tests {
             Ok(Some("user_id=eq.\"a\\\",b\"".into()))
         );
         assert!(p.any_in(Some("public")) && !p.any_in(Some("other")));
+    }
+
+    #[test]
+    fn private_channels_by_pattern_role_and_sub() {
+        let p = Policies::default();
+        *p.channels.write().unwrap() = vec![
+            ChannelRule {
+                pattern: "*".into(),
+                role: "service_role".into(),
+                read: true,
+                send: true,
+                track: true,
+            },
+            ChannelRule {
+                pattern: "user:{sub}".into(),
+                role: "authenticated".into(),
+                read: true,
+                send: true,
+                track: false,
+            },
+            ChannelRule {
+                pattern: "room-*-lobby".into(),
+                role: "*".into(),
+                read: true,
+                send: false,
+                track: false,
+            },
+        ];
+        let u1 = claims("authenticated", Some("u1"));
+        use ChannelAction::*;
+        assert!(p.channel_allows("user:u1", &u1, Read));
+        assert!(p.channel_allows("user:u1", &u1, Send));
+        assert!(!p.channel_allows("user:u1", &u1, Track));
+        assert!(!p.channel_allows("user:u2", &u1, Read));
+        assert!(!p.channel_allows("user:u1x", &u1, Read));
+        assert!(!p.channel_allows("user:", &claims("authenticated", None), Read));
+        assert!(!p.channel_allows("user:*", &claims("authenticated", Some("*")), Read));
+        assert!(p.channel_allows("anything", &claims("service_role", None), Track));
+        assert!(p.channel_allows("room-7-lobby", &claims("anon", None), Read));
+        assert!(p.channel_allows("room--lobby", &claims("anon", None), Read));
+        assert!(!p.channel_allows("room-7-lobby", &claims("anon", None), Send));
+        assert!(!p.channel_allows("room-7-lobbyx", &claims("anon", None), Read));
+        assert!(!p.channel_allows("other", &u1, Read));
+    }
+
+    #[test]
+    fn globs() {
+        for (p, s, want) in [
+            ("*", "", true),
+            ("a*", "abc", true),
+            ("*c", "abc", true),
+            ("a*c", "ac", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("abc", "abd", false),
+            ("", "", true),
+            ("", "a", false),
+            ("**", "x", true),
+        ] {
+            assert_eq!(glob(p.as_bytes(), s.as_bytes()), want, "{p} ~ {s}");
+        }
     }
 }

@@ -30,7 +30,7 @@ use crate::dispatch::Dispatcher;
 use crate::holds::{self, Holds};
 use crate::listener::{self, ListenerConfig};
 use crate::metrics::{Gauges, Metrics};
-use crate::policy::Policies;
+use crate::policy::{ChannelAction, Policies};
 use crate::protocol::Vsn;
 use crate::protocol::TOPIC_PREFIX;
 use crate::router::{Broadcast, Router, TopicKey};
@@ -38,6 +38,7 @@ use crate::shutdown::{Shutdown, ShutdownController, Tracker};
 use crate::socket::{self, SocketContext};
 use crate::sse;
 use crate::watermark::{self, Markers};
+use crate::ws;
 
 /// How long shutdown waits for sockets to say goodbye and tasks to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -351,7 +352,7 @@ fn routes(
         .unify();
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let websocket = ws_path
-        .and(warp::ws())
+        .and(ws::handshake())
         .and(raw_query)
         .and(with_relay.clone())
         .map(upgrade);
@@ -360,6 +361,19 @@ fn routes(
     let inspector = warp::path::end()
         .and(warp::get())
         .map(|| warp::reply::html(include_str!("../static/inspector.html")));
+    // The demo app and the supabase-js build it loads (vendored: no CDN, works offline).
+    let demo = warp::path!("demo")
+        .and(warp::get())
+        .map(|| warp::reply::html(include_str!("../static/demo.html")));
+    let vendor = warp::path!("vendor" / "supabase.js")
+        .and(warp::get())
+        .map(|| {
+            warp::reply::with_header(
+                include_str!("../static/vendor/supabase.js"),
+                "content-type",
+                "application/javascript; charset=utf-8",
+            )
+        });
     let metrics =
         warp::path!("metrics")
             .and(with_relay.clone())
@@ -426,6 +440,8 @@ fn routes(
         .or(changes)
         .or(health)
         .or(inspector)
+        .or(demo)
+        .or(vendor)
         .or(metrics)
         .or(ready)
         .or(crate::api::routes(relay.pool.clone(), relay.auth.clone()))
@@ -444,12 +460,13 @@ fn rest_broadcast_batch(
 ) -> warp::reply::Response {
     use warp::Reply;
     let params = parse_query(&query);
-    if let Err(e) = relay.identify(
+    let claims = match relay.identify(
         params.get("apikey").map(String::as_str),
         authorization.as_deref(),
     ) {
-        return json_error(StatusCode::UNAUTHORIZED, &e.to_string());
-    }
+        Ok(c) => c,
+        Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
+    };
     #[derive(serde::Deserialize)]
     struct Batch {
         messages: Vec<Msg>,
@@ -467,6 +484,12 @@ fn rest_broadcast_batch(
         Ok(b) => b,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
     };
+    // All or nothing: a batch with one message the caller may not send sends none.
+    for m in batch.messages.iter().filter(|m| m.private) {
+        if let Some(refusal) = private_send_refusal(&relay, claims.as_ref(), &m.topic) {
+            return refusal;
+        }
+    }
     for m in batch.messages {
         let payload =
             serde_json::json!({"type": "broadcast", "event": m.event, "payload": m.payload});
@@ -483,6 +506,28 @@ fn rest_broadcast_batch(
     warp::reply::with_status(warp::reply(), StatusCode::ACCEPTED).into_response()
 }
 
+/// 403 when auth is on and no channel policy lets the caller broadcast on private `topic`.
+fn private_send_refusal(
+    relay: &Relay,
+    claims: Option<&Claims>,
+    topic: &str,
+) -> Option<warp::reply::Response> {
+    let claims = claims?;
+    if relay
+        .policies
+        .channel_allows(topic, claims, ChannelAction::Send)
+    {
+        return None;
+    }
+    Some(json_error(
+        StatusCode::FORBIDDEN,
+        &format!(
+            "Unauthorized: You do not have permissions to write to this Channel topic: {}",
+            crate::protocol::truncate(topic, 200)
+        ),
+    ))
+}
+
 /// `POST /realtime/v1/api/broadcast/{topic}/events/{event}[?private=true]`: the body is the
 /// payload (JSON, or raw bytes with `application/octet-stream`). Exactly 202, as `httpSend()`
 /// requires.
@@ -497,16 +542,22 @@ fn rest_broadcast_one(
 ) -> warp::reply::Response {
     use warp::Reply;
     let params = parse_query(&query);
-    if let Err(e) = relay.identify(
+    let claims = match relay.identify(
         params.get("apikey").map(String::as_str),
         authorization.as_deref(),
     ) {
-        return json_error(StatusCode::UNAUTHORIZED, &e.to_string());
-    }
+        Ok(c) => c,
+        Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
+    };
     let private = params
         .get("private")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let (topic, event) = (percent_decode(&topic), percent_decode(&event));
+    if private {
+        if let Some(refusal) = private_send_refusal(&relay, claims.as_ref(), &topic) {
+            return refusal;
+        }
+    }
     if body.len() > relay.limits.max_broadcast_payload_bytes {
         return json_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
     }
@@ -603,9 +654,12 @@ fn json_error(status: StatusCode, message: &str) -> warp::reply::Response {
 }
 
 /// Admit or refuse a WebSocket upgrade. Refusals are HTTP responses, so the client's backoff
-/// grows instead of reconnecting every second.
-fn upgrade(ws: warp::ws::Ws, query: String, relay: Arc<Relay>) -> warp::reply::Response {
-    use warp::Reply;
+/// grows instead of reconnecting every second; a request that is no upgrade at all gets 426.
+fn upgrade(handshake: ws::Handshake, query: String, relay: Arc<Relay>) -> warp::reply::Response {
+    let handshake = match handshake {
+        ws::Handshake::Upgrade(u) => u,
+        ws::Handshake::Refused(why) => return why.into_response(),
+    };
     let params = parse_query(&query);
     let vsn = match Vsn::from_query(params.get("vsn").map(String::as_str)) {
         Ok(v) => v,
@@ -649,14 +703,14 @@ fn upgrade(ws: warp::ws::Ws, query: String, relay: Arc<Relay>) -> warp::reply::R
         shutdown: relay.shutdown.clone(),
     };
     let tracker = relay.tracker.clone();
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |websocket| async move {
-            socket::run(websocket, vsn, ctx).await;
+    handshake.on_upgrade(ws::config(max), move |websocket| {
+        // A combinator rather than an `async` block: the block would keep its captured
+        // WebSocket and context beside the running socket's own, for the socket's lifetime.
+        futures_util::FutureExt::map(socket::run(websocket, vsn, ctx), move |()| {
             drop(permit);
             drop(tracker);
         })
-        .into_response()
+    })
 }
 
 /// `a=1&b=x%20y` → map. Only what the relay reads (`vsn`, `apikey`) matters; anything that does

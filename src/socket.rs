@@ -17,8 +17,10 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, instrument, warn};
-use warp::ws::Message;
 
 use crate::aggregate::{self, LiveQueries};
 use crate::auth::{self, AuthError, Claims, Verifier};
@@ -27,7 +29,7 @@ use crate::channel::{self, Access, Channels, JoinError, Joined};
 use crate::config::Limits;
 use crate::holds::{HoldRequest, Holds};
 use crate::metrics::Metrics;
-use crate::policy::Policies;
+use crate::policy::{ChannelAction, Policies};
 use crate::presence;
 use crate::protocol::{self, truncate, Vsn, PHOENIX_TOPIC, TOPIC_PREFIX};
 use crate::router::{
@@ -44,6 +46,9 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 const GOODBYE_DEADLINE: Duration = Duration::from_secs(5);
 /// How much of the queue one batch writes before flushing.
 const WRITE_BATCH: usize = 256;
+
+/// The reply to a push over `max_messages_per_second` (Supabase's text).
+const TOO_MANY_MESSAGES: &str = "MessageRateLimitReached: Too many messages per second";
 
 /// What a socket task needs from the relay.
 #[derive(Debug, Clone)]
@@ -72,6 +77,8 @@ enum End {
     HeartbeatTimeout,
     CutOff(CutOff),
     Shutdown,
+    /// A limit whose breach ends the socket (close code 1008, the reason).
+    Limit(&'static str),
 }
 
 struct Socket<S> {
@@ -82,6 +89,12 @@ struct Socket<S> {
     channels: Channels,
     /// Presence pushes allowed this second.
     presence_budget: RateWindow,
+    /// Joins allowed this second.
+    join_budget: RateWindow,
+    /// Pushes (anything but heartbeats) allowed this second.
+    message_budget: RateWindow,
+    /// Set when a limit ends the socket once the current message is answered.
+    close_after: Option<&'static str>,
 }
 
 /// A fixed one-second window counter: cheap, and exact enough for a per-socket limit.
@@ -138,6 +151,9 @@ where
         ctx,
         channels: Channels::default(),
         presence_budget: RateWindow::new(),
+        join_budget: RateWindow::new(),
+        message_budget: RateWindow::new(),
+        close_after: None,
     };
     let mut rx = rx;
     let end = socket.serve(&mut rx, &shared).await;
@@ -152,6 +168,7 @@ where
         End::CutOff(c) => warn!(error_code = c.error_code, "cut off: {}", c.reason),
         End::Transport(cause) => debug!(%cause, "disconnected on transport error"),
         End::HeartbeatTimeout => info!("closed: no heartbeat within the timeout"),
+        End::Limit(why) => info!(error_code = "ClientJoinRateLimitReached", "closed: {why}"),
     }
 }
 
@@ -181,8 +198,14 @@ where
                     if msg.is_close() {
                         return End::ClientClosed;
                     }
-                    if let Err(e) = self.on_message(msg).await {
+                    // Boxed: answering a message (a join, presence, a broadcast) is by far
+                    // the largest state of this loop (~4 KiB), and a socket waiting for its
+                    // next frame should not carry it (idle memory per connection).
+                    if let Err(e) = Box::pin(self.on_message(msg)).await {
                         return End::Transport(e);
+                    }
+                    if let Some(why) = self.close_after.take() {
+                        return End::Limit(why);
                     }
                 }
                 Some(first) = rx.recv() => {
@@ -215,7 +238,7 @@ where
                 bytes += out.len();
                 let msg = match out {
                     Outbound::Text(text) => Message::text(text.as_ref()),
-                    Outbound::Binary(b) => Message::binary(b),
+                    Outbound::Binary(b) => Message::Binary(b),
                 };
                 self.ws.feed(msg).await.map_err(|e| e.to_string())?;
                 n += 1;
@@ -260,10 +283,8 @@ where
     }
 
     async fn on_message(&mut self, msg: Message) -> Result<(), String> {
-        if msg.is_text() {
-            let Ok(text) = msg.to_str() else {
-                return Ok(());
-            };
+        if let Message::Text(text) = &msg {
+            let text = text.as_str();
             match protocol::decode_text(self.vsn, text) {
                 Ok(m) => self.dispatch(m).await,
                 Err(e) => {
@@ -276,10 +297,24 @@ where
                     self.send(reply).await
                 }
             }
-        } else if msg.is_binary() {
-            match protocol::decode_binary(msg.as_bytes()) {
+        } else if let Message::Binary(data) = &msg {
+            match protocol::decode_binary(data) {
                 Ok(push) => {
                     let (jr, r) = (push.join_ref.clone(), push.msg_ref.clone());
+                    if !self
+                        .message_budget
+                        .take(self.ctx.limits.max_messages_per_second)
+                    {
+                        Metrics::inc(&self.ctx.metrics.rate_limited_total);
+                        let reply = protocol::reply_error(
+                            self.vsn,
+                            jr.as_deref(),
+                            r.as_deref(),
+                            &push.topic,
+                            TOO_MANY_MESSAGES,
+                        );
+                        return self.send(reply).await;
+                    }
                     if !self.channels.by_topic.contains_key(push.topic.as_str()) {
                         let reply = protocol::reply_error(
                             self.vsn,
@@ -315,6 +350,14 @@ where
             return self
                 .send(protocol::reply_ok(vsn, jr, r, &m.topic, "{}"))
                 .await;
+        }
+        if !self
+            .message_budget
+            .take(self.ctx.limits.max_messages_per_second)
+        {
+            Metrics::inc(&self.ctx.metrics.rate_limited_total);
+            let reply = protocol::reply_error(vsn, jr, r, &m.topic, TOO_MANY_MESSAGES);
+            return self.send(reply).await;
         }
         if m.event == "phx_join" {
             return self.join(m).await;
@@ -365,6 +408,16 @@ where
             self.send(close).await?;
         }
 
+        if !self.join_budget.take(self.ctx.limits.max_joins_per_second) {
+            // As Supabase: refuse, then disconnect the socket.
+            Metrics::inc(&self.ctx.metrics.rate_limited_total);
+            self.close_after = Some("Too many joins per second");
+            let reason = "ClientJoinRateLimitReached: Too many joins per second";
+            return self
+                .send(protocol::reply_error(vsn, jr, r, &topic, reason))
+                .await;
+        }
+
         let request = match self.check_join(&topic, &m.payload) {
             Ok(req) => req,
             Err(e) => {
@@ -382,6 +435,25 @@ where
                 return self.send(reply).await;
             }
         };
+
+        // A private channel is open only to what a channel policy grants (with auth on).
+        if let Some(c) = claims.as_ref().filter(|_| request.private) {
+            let name = protocol::subtopic(&topic);
+            if !self
+                .ctx
+                .policies
+                .channel_allows(name, c, ChannelAction::Read)
+            {
+                debug!(topic = %topic, role = %c.role, "private join refused");
+                let reason = format!(
+                    "Unauthorized: You do not have permissions to read from this Channel topic: {}",
+                    truncate(name, 200)
+                );
+                return self
+                    .send(protocol::reply_error(vsn, jr, r, &topic, &reason))
+                    .await;
+            }
+        }
 
         let (echo, ids) = channel::reply_bindings(&request.bindings);
         let mut response = Map::new();
@@ -604,6 +676,19 @@ where
                         limits.max_presence_payload_bytes
                     ));
                 }
+                if let Some(c) = joined.claims.as_ref().filter(|_| joined.key.private) {
+                    let name = protocol::subtopic(topic);
+                    if !self
+                        .ctx
+                        .policies
+                        .channel_allows(name, c, ChannelAction::Track)
+                    {
+                        return Err(format!(
+                            "Unauthorized: You do not have permissions to track presence on this Channel topic: {}",
+                            truncate(name, 200)
+                        ));
+                    }
+                }
                 let (key, presence_key) = (joined.key.clone(), joined.presence_key.clone());
                 if let Some(holds) = self.holds_for(topic) {
                     // On the hold channel a track with a user starts a relay-run hold; the
@@ -649,6 +734,7 @@ where
         let Some(joined) = self.channels.by_topic.get(topic) else {
             return Err("unmatched topic".into());
         };
+        self.check_may_send(joined)?;
         let Some(event) = payload.get("event").and_then(Value::as_str) else {
             return Err("MalformedMessage: broadcast needs a string `event`".into());
         };
@@ -667,6 +753,7 @@ where
         let Some(joined) = self.channels.by_topic.get(push.topic.as_str()) else {
             return Err("unmatched topic".into());
         };
+        self.check_may_send(joined)?;
         self.check_broadcast_size(push.payload.len())?;
         let msg = if push.json {
             let body: Value = serde_json::from_slice(&push.payload)
@@ -682,6 +769,25 @@ where
         };
         self.ctx.router.broadcast(&joined.key, Some(self.id), &msg);
         Ok(())
+    }
+
+    /// On a private channel with auth on, a channel policy must grant sending.
+    fn check_may_send(&self, joined: &Joined) -> Result<(), String> {
+        let Some(c) = joined.claims.as_ref().filter(|_| joined.key.private) else {
+            return Ok(());
+        };
+        let name = protocol::subtopic(&joined.key.topic);
+        if self
+            .ctx
+            .policies
+            .channel_allows(name, c, ChannelAction::Send)
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "Unauthorized: You do not have permissions to write to this Channel topic: {}",
+            truncate(name, 200)
+        ))
     }
 
     fn check_broadcast_size(&self, size: usize) -> Result<(), String> {
@@ -758,6 +864,7 @@ where
             // A WebSocket protocol violation from the client: say which, with its code.
             End::Transport(cause) => ws_error_close(cause),
             End::Shutdown => Some((1001, "server shutting down".to_owned())),
+            End::Limit(why) => Some((1008, (*why).to_owned())),
             End::HeartbeatTimeout => Some((1000, "heartbeat timeout".to_owned())),
             End::CutOff(why) => {
                 let vsn = self.vsn;
@@ -790,7 +897,10 @@ where
         if let Some((code, reason)) = frame {
             let _ = tokio::time::timeout(
                 GOODBYE_DEADLINE,
-                self.ws.send(Message::close_with(code, reason)),
+                self.ws.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                }))),
             )
             .await;
         }

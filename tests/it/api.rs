@@ -686,20 +686,27 @@ async fn profiles_are_created_with_auth_off() {
     let post = |body: &'static str| {
         let addr = relay.addr;
         async move {
-            let (s, j, _) = request(addr, "POST", "/api/v1/profiles", &[], Some(body.as_bytes())).await;
+            let (s, j, _) =
+                request(addr, "POST", "/api/v1/profiles", &[], Some(body.as_bytes())).await;
             (s, j)
         }
     };
     let (status, made) = post(r#"{"username":"guest-1"}"#).await;
     assert_eq!(status, 201, "{made}");
     let id = made["id"].as_str().expect("id");
-    assert!(id.len() == 36 && id.chars().filter(|c| *c == '-').count() == 4, "{made}");
+    assert!(
+        id.len() == 36 && id.chars().filter(|c| *c == '-').count() == 4,
+        "{made}"
+    );
     assert_eq!(made["username"], "guest-1");
     assert_eq!(made["display_name"], Value::Null);
     assert!(is_timestamp(&made["created_at"]), "{made}");
     let db = relay.db().await;
     let stored: String = db
-        .query_one("SELECT username FROM profiles WHERE id = $1::text::uuid", &[&id])
+        .query_one(
+            "SELECT username FROM profiles WHERE id = $1::text::uuid",
+            &[&id],
+        )
         .await
         .unwrap()
         .get(0);
@@ -709,7 +716,8 @@ async fn profiles_are_created_with_auth_off() {
     assert_eq!(got.1["error"], "this username is taken");
     assert_error(got, 409, "ProfileExists");
     // A chosen id, then the same id again.
-    let (status, made) = post(r#"{"username":"guest-2","id":"0B0E1A2C-0000-4000-8000-000000000002"}"#).await;
+    let (status, made) =
+        post(r#"{"username":"guest-2","id":"0B0E1A2C-0000-4000-8000-000000000002"}"#).await;
     assert_eq!(status, 201, "{made}");
     assert_eq!(made["id"], "0b0e1a2c-0000-4000-8000-000000000002");
     let got = post(r#"{"username":"guest-3","id":"0b0e1a2c-0000-4000-8000-000000000002"}"#).await;

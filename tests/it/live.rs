@@ -78,6 +78,15 @@ async fn active_holds_follow_starts_and_ends() {
         f.payload["payload"]["rows"],
         json!([{"total":1,"by_poll":{poll.to_string():1}}])
     );
+    // The same user holding in a second tab is still one holder (as GET /api/v1/holds/active
+    // counts), and the figure does not change, so nothing is pushed.
+    db.execute(
+        "INSERT INTO button_holds (user_id, poll_id) VALUES ($1::text::uuid, $2)",
+        &[&user, &poll],
+    )
+    .await
+    .unwrap();
+    ws.expect_silence(Duration::from_millis(700)).await;
     // A heartbeat changes nothing (and is not even notified).
     db.execute(
         "UPDATE button_holds SET last_heartbeat = now() WHERE id = $1::text::uuid",
@@ -86,8 +95,8 @@ async fn active_holds_follow_starts_and_ends() {
     .await
     .unwrap();
     db.execute(
-        "UPDATE button_holds SET is_active = false, ended_at = now() WHERE id = $1::text::uuid",
-        &[&id],
+        "UPDATE button_holds SET is_active = false, ended_at = now() WHERE user_id = $1::text::uuid",
+        &[&user],
     )
     .await
     .unwrap();
