@@ -22,11 +22,15 @@ use crate::protocol::{self, Vsn};
 
 pub type SocketId = u64;
 
+/// Text frame bytes, shared: cloning one for another socket is a reference count, and the
+/// socket hands the same bytes to the WebSocket without copying them.
+pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
+
 /// A frame waiting in a socket's queue. Text is shared by every socket that gets the same
 /// (topic, ids) group: it is serialized once.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    Text(Arc<str>),
+    Text(Frame),
     /// A binary broadcast (kind 4), for vsn 2.0.0 sockets.
     Binary(bytes::Bytes),
 }
@@ -260,7 +264,7 @@ type FrameKey<'a> = (Vsn, &'a str, Vec<u32>, &'a [String]);
 /// One planned delivery: a frame for one socket.
 struct Delivery {
     socket: SocketId,
-    frame: Arc<str>,
+    frame: Frame,
 }
 
 impl Router {
@@ -415,7 +419,7 @@ impl Router {
                             Some(b) if handle.vsn == Vsn::V2 => Outbound::Binary(b),
                             // vsn 1.0.0 has no binary frames; an over-long topic or event
                             // cannot be framed: nothing to send.
-                            _ => Outbound::Text(Arc::from("")),
+                            _ => Outbound::Text(Frame::default()),
                         }
                     }
                 });
@@ -599,7 +603,7 @@ impl State {
             return;
         };
         let payload = diff.to_json();
-        let mut frames: HashMap<Vsn, Arc<str>> = HashMap::new();
+        let mut frames: HashMap<Vsn, Frame> = HashMap::new();
         for (socket, member) in &topic.members {
             if !member.presence {
                 continue;
@@ -795,7 +799,7 @@ impl State {
         // A channel's bindings on one table share its subscriber's hidden columns (wildcards
         // are refused where policies apply), so a group's first hit speaks for the group.
         let mut redacted: Vec<(&Hidden, String)> = Vec::new();
-        let mut frames: HashMap<FrameKey<'_>, Arc<str>> = HashMap::new();
+        let mut frames: HashMap<FrameKey<'_>, Frame> = HashMap::new();
         let mut out = Vec::new();
         let mut i = 0;
         while i < hits.len() {

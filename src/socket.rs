@@ -181,15 +181,20 @@ where
     async fn serve(&mut self, rx: &mut mpsc::Receiver<Outbound>, shared: &SocketShared) -> End {
         let mut shutdown = self.ctx.shutdown.clone();
         let idle = self.ctx.limits.heartbeat_timeout;
-        let mut deadline = Instant::now() + idle;
+        // Long-lived: a fresh shutdown waiter and heartbeat timer per loop turn would register
+        // and deregister both on every wake, i.e. for every batch of frames written.
+        let stop = shutdown.recv();
+        tokio::pin!(stop);
+        let heartbeat = tokio::time::sleep(idle);
+        tokio::pin!(heartbeat);
         loop {
             let expiry = self.next_expiry();
             tokio::select! {
                 biased;
-                _ = shutdown.recv() => return End::Shutdown,
+                _ = &mut stop => return End::Shutdown,
                 why = shared.cut() => return End::CutOff(why),
                 frame = self.ws.next() => {
-                    deadline = Instant::now() + idle;
+                    heartbeat.as_mut().reset(Instant::now() + idle);
                     let msg = match frame {
                         None => return End::ClientClosed,
                         Some(Err(e)) => return End::Transport(e.to_string()),
@@ -213,7 +218,7 @@ where
                         return End::Transport(e);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => return End::HeartbeatTimeout,
+                _ = &mut heartbeat => return End::HeartbeatTimeout,
                 _ = sleep_until_opt(expiry) => {
                     if let Err(e) = self.expire_channels().await {
                         return End::Transport(e);
@@ -237,7 +242,7 @@ where
             while let Some(out) = next.take() {
                 bytes += out.len();
                 let msg = match out {
-                    Outbound::Text(text) => Message::text(text.as_ref()),
+                    Outbound::Text(text) => Message::Text(text),
                     Outbound::Binary(b) => Message::Binary(b),
                 };
                 self.ws.feed(msg).await.map_err(|e| e.to_string())?;
@@ -607,6 +612,8 @@ where
 
     /// When the first channel token expires (`None` if none will).
     fn next_expiry(&self) -> Option<Instant> {
+        // Called on every turn of the socket loop: with auth off no channel can expire.
+        self.ctx.auth.as_ref()?;
         let exp = self
             .channels
             .by_topic
