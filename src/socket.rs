@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, info, instrument, warn, Instrument};
 
 use crate::aggregate::{self, LiveQueries};
 use crate::auth::{self, AuthError, Claims, Verifier};
@@ -291,7 +291,11 @@ where
         if let Message::Text(text) = &msg {
             let text = text.as_str();
             match protocol::decode_text(self.vsn, text) {
-                Ok(m) => self.dispatch(m).await,
+                Ok(m) => {
+                    // Everything logged while handling a push names its channel.
+                    let span = tracing::info_span!("channel", topic = %m.topic, event = %m.event);
+                    self.dispatch(m).instrument(span).await
+                }
                 Err(e) => {
                     let (topic, msg_ref) = salvage(text);
                     debug!(error_code = e.code(), cause = %e, "bad frame");
