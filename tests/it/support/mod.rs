@@ -150,7 +150,9 @@ pub async fn start_on(db: TestDb, config: Config) -> Relay {
 
 impl Relay {
     async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Generous: the suite starts ~100 relays, each migrating its own database, and a
+        // shared 2-core machine can take a while; a relay that never gets ready still fails.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(mut s) = TcpStream::connect(self.addr).await {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -165,7 +167,7 @@ impl Relay {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "relay did not become ready"
+                "relay did not become ready within 90 s"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
