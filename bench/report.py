@@ -29,6 +29,8 @@ def load(path):
                 continue
             for k, v in (rec.pop("cpu", None) or {}).items():
                 rec["cpu_" + k] = v
+            for k, v in (rec.pop("app", None) or {}).items():
+                rec["app_" + k] = v
             runs[rec.get("label") or rec["scenario"]].append(rec)
     return machine, runs
 
@@ -213,24 +215,54 @@ def render(machine, runs, source):
     L.append("### Mixed: the reference app")
     L.append("")
     rows = []
+    app = None
     for label in sorted(l for l in runs if l.startswith("mixed/")):
         r = runs[label][0]
-        who = "baseline: bare LISTEN" if r["scenario"] == "baseline" else f"relay, {r['clients']:,} users × 3 channels"
+        if r["scenario"] == "baseline":
+            who = "baseline: bare LISTEN"
+        elif "app_pressers" in r:
+            who = f"relay, {r['clients']:,} users × 5 channels"
+            app = r
+        else:
+            who = f"relay, {r['clients']:,} users × 3 channels"
+        # Everything the relay fanned out (postgres_changes, presence diffs, statistics updates).
+        all_key = "deliveries_all_per_s" if "app_pressers" in r else "deliveries_per_s"
+        drops = [x.get("drops", 0) + (x.get("app_presence_drops") or 0) for x in runs[label]]
         rows.append([who, f(med(runs, label, "committed_per_s")), f(med(runs, label, "deliveries_per_s")),
+                     f(med(runs, label, "app_presence_diffs_per_s")),
+                     f(med(runs, label, "app_statistics_updates_per_s")),
                      f(med(runs, label, "p50_ms"), 2), f(med(runs, label, "p95_ms"), 2),
-                     f(med(runs, label, "p99_ms"), 2), f(med(runs, label, "drops"), 0),
-                     f(med(runs, label, "cpu_relay")), f(cpu_per_delivery(runs, label), 2),
+                     f(med(runs, label, "p99_ms"), 2), f(med(runs, label, "app_presence_p99_ms"), 2),
+                     f(statistics.median(drops), 0),
+                     f(med(runs, label, "cpu_relay")), f(cpu_per_delivery(runs, label, all_key), 2),
                      f(med(runs, label, "cpu_postgres")),
                      f(med(runs, label, "cpu_bench")), f(med(runs, label, "cpu_other"))])
-    L.append(table(["receiver", "committed/s", "deliveries/s", "p50 ms", "p95 ms", "p99 ms", "drops",
-                    "relay CPU %", "relay µs/delivery", "PG CPU %", "loadgen CPU %", "other CPU %"], rows))
+    L.append(table(["receiver", "committed/s", "change deliveries/s", "presence diffs/s", "statistics updates/s",
+                    "p50 ms", "p95 ms", "p99 ms", "press→diff p99 ms", "drops",
+                    "relay CPU %", "relay µs/delivery (all kinds)", "PG CPU %", "loadgen CPU %", "other CPU %"], rows))
     L.append("")
-    L.append("Each user joins `polls-changes` (`*` on polls and user_votes), `statistics-updates` "
-             "(INSERT on user_votes, polls, profiles) and `button-sessions` (`*` on button_holds); "
-             "writers cycle hold start (INSERT button_holds), hold end (UPDATE button_holds) and vote "
-             "(INSERT user_votes), so a cycle of 3 changes is 4 frames per user. "
-             "Presence (`button-presence`) and live aggregate topics are not implemented by the relay "
-             "yet, so the mixed load does not include them.")
+    if app is not None:
+        L.append(f"Each user joins `polls-changes` (`*` on polls and user_votes), `statistics-updates` "
+                 f"(INSERT on user_votes, polls, profiles), `button-sessions` (`*` on button_holds), "
+                 f"`button-presence` (presence, keyed by the user's id) and the live topic `statistics` "
+                 f"(its current value on join, then an update when the totals change, at most every 250 ms). "
+                 f"Holds go through presence as in the app: {app['app_pressers']:,} of the users each press "
+                 f"every {app['app_press_period_s']:.1f} s in turn ({app['app_target_press_rate']:.1f} presses/s) — "
+                 f"a presence `track` of `{{user_id, poll_id}}` on `button-presence`, from which the relay "
+                 f"inserts the `button_holds` row — and release (`untrack`, the relay ends the row) after "
+                 f"{app['app_hold_s']:.1f} s; the writers only vote (INSERT user_votes, "
+                 f"{app['app_target_vote_rate']:.1f}/s). So the change mix is the baseline's (a third hold "
+                 f"starts, a third hold ends, a third votes: 4 change frames per user per 3 changes), and "
+                 f"every press and release is also a presence diff to every user. *Change deliveries* "
+                 f"counts postgres_changes frames; relay µs per delivery divides by all three kinds. "
+                 f"*press→diff* is from the track being sent to the diff showing the holder at each user "
+                 f"(the relay's hold row insert included); drops include missing presence diffs.")
+    else:
+        L.append("Each user joins `polls-changes` (`*` on polls and user_votes), `statistics-updates` "
+                 "(INSERT on user_votes, polls, profiles) and `button-sessions` (`*` on button_holds); "
+                 "writers cycle hold start (INSERT button_holds), hold end (UPDATE button_holds) and vote "
+                 "(INSERT user_votes), so a cycle of 3 changes is 4 frames per user. "
+                 "These results predate presence and live topics in the mixed load.")
     L.append("")
 
     # Targets.
@@ -303,10 +335,10 @@ def render(machine, runs, source):
     return "\n".join(L)
 
 
-def cpu_per_delivery(runs, label):
+def cpu_per_delivery(runs, label, key="deliveries_per_s"):
     """Relay CPU µs per delivered frame, median over the runs."""
-    vals = [r["cpu_relay"] / 100 * 1e6 / r["deliveries_per_s"] for r in runs.get(label, [])
-            if r.get("cpu_relay") is not None and r.get("deliveries_per_s")]
+    vals = [r["cpu_relay"] / 100 * 1e6 / r[key] for r in runs.get(label, [])
+            if r.get("cpu_relay") is not None and r.get(key)]
     return statistics.median(vals) if vals else None
 
 

@@ -181,6 +181,9 @@ pub(crate) struct WritePlan {
     pub(crate) window: (i64, i64),
     /// `synchronous_commit` for the writers' sessions (`None`: the server's setting).
     pub(crate) synchronous_commit: Option<String>,
+    /// `App` only: write the votes only (`mixed`, where the relay runs the holds that clients
+    /// press through presence).
+    pub(crate) votes_only: bool,
 }
 
 /// What the writers committed.
@@ -322,6 +325,7 @@ pub(crate) async fn writer(url: String, w: usize, plan: WritePlan) -> WriteCount
         }
         let (g, step) = match plan.workload {
             Workload::Holds => (i * m + w as u64, HOLD_START),
+            Workload::App if plan.votes_only => (i * m + w as u64, VOTE),
             Workload::App => ((i / 3) * m + w as u64, (i % 3) as usize),
         };
         let user = &plan.profiles[(g as usize) % n_profiles];
@@ -369,6 +373,28 @@ pub(crate) async fn writer(url: String, w: usize, plan: WritePlan) -> WriteCount
         i += 1;
     }
     counts
+}
+
+/// Hold changes the relay made (relay-run holds of `mixed`), counted by the rows' own
+/// timestamps as the writers count theirs: `(starts, ends)` inside the window, and every start
+/// and end so far.
+pub(crate) async fn hold_counts(url: &str, window: (i64, i64)) -> Result<([u64; 2], u64), String> {
+    let c = connect(url).await?;
+    let row = c
+        .query_one(
+            "WITH h AS (SELECT (extract(epoch FROM started_at) * 1000000)::int8 AS s, \
+                               (extract(epoch FROM ended_at) * 1000000)::int8 AS e \
+                          FROM public.button_holds) \
+             SELECT count(*) FILTER (WHERE s >= $1 AND s < $2), \
+                    count(*) FILTER (WHERE e >= $1 AND e < $2), \
+                    count(*) + count(e) \
+               FROM h",
+            &[&window.0, &window.1],
+        )
+        .await
+        .map_err(|e| format!("counting holds: {e}"))?;
+    let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+    Ok(([n(0), n(1)], n(2)))
 }
 
 /// The baseline's receiver: a bare LISTEN session on the triggers' channel, counting what a

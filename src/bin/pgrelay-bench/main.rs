@@ -40,8 +40,10 @@ enum Scenario {
     Filtered(Opts),
     /// N joined, idle connections (default 10,000): relay RSS per connection.
     Idle(Opts),
-    /// The reference app at N users (default 1000): polls-changes, statistics-updates and
-    /// button-sessions per user; writers start and end holds and vote.
+    /// The reference app at N users (default 1000): polls-changes, statistics-updates,
+    /// button-sessions, button-presence (presence) and the live topic statistics per user; a
+    /// share of users press and release the hold button through presence (the relay runs the
+    /// holds) and the writers vote. The rate counts hold starts, hold ends and votes alike.
     Mixed(Opts),
 }
 
@@ -55,7 +57,8 @@ struct Opts {
     #[arg(long)]
     writers: Option<usize>,
     /// Target changes/s over all writers; 0 = as fast as possible. Defaults: baseline 0,
-    /// fanout 100, filtered 1000, mixed 60.
+    /// fanout 100, filtered 1000, mixed 60 (mixed: a third are votes by the writers, two
+    /// thirds hold starts and ends that the relay runs for the pressing users).
     #[arg(long)]
     rate: Option<f64>,
     /// Measured seconds.

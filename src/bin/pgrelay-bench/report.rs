@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::clients::RecvStats;
+use crate::clients::{AppStats, RecvStats};
 use crate::run::{Kind, Params};
 
 /// CPU over the window, in % of one core.
@@ -64,6 +64,9 @@ pub(crate) struct Report {
     /// Changes delivered per second, per subscriber-equivalent: received / expected ×
     /// committed/s. Compares with the baseline's notifications/s.
     pub(crate) delivered_changes_per_s: f64,
+    /// Every frame the relay fanned out, per second: `deliveries_per_s` plus, in `mixed`,
+    /// presence diffs and `statistics` updates.
+    pub(crate) deliveries_all_per_s: f64,
 
     pub(crate) latency_n: u64,
     pub(crate) p50_ms: f64,
@@ -93,11 +96,182 @@ pub(crate) struct Report {
     pub(crate) first_setup_error: Option<String>,
     pub(crate) first_client_error: Option<String>,
     pub(crate) first_write_error: Option<String>,
+    /// Presence, relay-run holds and the live topic (`mixed` only).
+    pub(crate) app: Option<AppReport>,
     pub(crate) note: Option<&'static str>,
 }
 
-const MIXED_NOTE: &str = "mixed covers postgres_changes only: presence (button-presence) and live \
-aggregate topics are not implemented by the relay yet, so their traffic is not part of this load";
+/// The presence and live-topic side of `mixed`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct AppReport {
+    /// Users pressing the hold button, each every `press_period_s` for `hold_s`, in turn.
+    pub(crate) pressers: usize,
+    pub(crate) press_period_s: f64,
+    pub(crate) hold_s: f64,
+    /// Target presses/s over all pressers (each: a hold start and a hold end by the relay).
+    pub(crate) target_press_rate: f64,
+    /// Target votes/s of the writers (0: as fast as possible).
+    pub(crate) target_vote_rate: f64,
+    /// Presses sent (tracks), the whole run.
+    pub(crate) tracks: u64,
+    /// Presses inside the window that the relay accepted, per second.
+    pub(crate) tracks_per_s: f64,
+    /// Releases (untracks) of presses inside the window, per second.
+    pub(crate) untracks_per_s: f64,
+    /// Tracks answered with an error.
+    pub(crate) track_errors: u64,
+    /// Holds neither released nor refused when the run ended (0 unless the relay stalled).
+    pub(crate) holds_open_at_end: u64,
+    /// Track sent → its ok reply (the relay has inserted the hold row), ms.
+    pub(crate) hold_start_p50_ms: f64,
+    pub(crate) hold_start_p99_ms: f64,
+    /// Presence diffs owed to the clients for in-window presses (each press and each release
+    /// to every client), received, missing, in excess.
+    pub(crate) presence_expected: u64,
+    pub(crate) presence_received: u64,
+    pub(crate) presence_drops: u64,
+    pub(crate) presence_clients_with_drops: u64,
+    pub(crate) presence_extra: u64,
+    pub(crate) presence_no_timestamp: u64,
+    /// Presence diffs received while the window was open, per second (all clients; per client).
+    pub(crate) presence_diffs_per_s: f64,
+    pub(crate) presence_diffs_per_client_per_s: f64,
+    /// Track sent → the diff showing the holder at each client (hold row insert included), ms.
+    pub(crate) presence_latency_n: u64,
+    pub(crate) presence_p50_ms: f64,
+    pub(crate) presence_p95_ms: f64,
+    pub(crate) presence_p99_ms: f64,
+    pub(crate) presence_max_ms: f64,
+    /// `statistics` updates received while the window was open, per second (all clients; per
+    /// client: at most 1000 / the query's debounce, 250 ms by default).
+    pub(crate) statistics_updates_per_s: f64,
+    pub(crate) statistics_per_client_per_s: f64,
+    /// Clients that got the current value right after joining `statistics`.
+    pub(crate) statistics_initial: u64,
+    /// Clients whose last update differs from most clients' last (or that got none).
+    pub(crate) statistics_stale: u64,
+}
+
+impl AppReport {
+    fn new(p: &Params) -> Option<AppReport> {
+        let press = p.press?;
+        Some(AppReport {
+            pressers: press.pressers,
+            press_period_s: press.period.as_secs_f64(),
+            hold_s: press.hold.as_secs_f64(),
+            target_press_rate: press.rate,
+            target_vote_rate: press.vote_rate,
+            ..AppReport::default()
+        })
+    }
+
+    /// Fill from the merged stats and, per ready client, its in-window diffs and last update.
+    pub(crate) fn set(&mut self, a: &AppStats, per_client: &[(u64, Option<Vec<u8>>)], secs: f64) {
+        let secs = secs.max(1e-9);
+        let clients = per_client.len().max(1) as f64;
+        self.tracks = a.tracks;
+        self.tracks_per_s = a.tracks_window as f64 / secs;
+        self.untracks_per_s = a.untracks_window as f64 / secs;
+        self.track_errors = a.track_errors;
+        self.hold_start_p50_ms = ms(a.track_hist.quantile(0.50));
+        self.hold_start_p99_ms = ms(a.track_hist.quantile(0.99));
+        // Every client sees every press and every release.
+        let owed = a.tracks_window + a.untracks_window;
+        for (got, _) in per_client {
+            self.presence_expected += owed;
+            self.presence_received += got;
+            self.presence_drops += owed.saturating_sub(*got);
+            self.presence_extra += got.saturating_sub(owed);
+            if *got < owed {
+                self.presence_clients_with_drops += 1;
+            }
+        }
+        self.presence_no_timestamp = a.diffs_no_timestamp;
+        self.presence_diffs_per_s = a.diffs_during_window as f64 / secs;
+        self.presence_diffs_per_client_per_s = self.presence_diffs_per_s / clients;
+        self.presence_latency_n = a.diff_hist.count();
+        self.presence_p50_ms = ms(a.diff_hist.quantile(0.50));
+        self.presence_p95_ms = ms(a.diff_hist.quantile(0.95));
+        self.presence_p99_ms = ms(a.diff_hist.quantile(0.99));
+        self.presence_max_ms = ms(a.diff_hist.max());
+        self.statistics_updates_per_s = a.updates_during_window as f64 / secs;
+        self.statistics_per_client_per_s = self.statistics_updates_per_s / clients;
+        self.statistics_initial = a.initial;
+        let mut last: std::collections::HashMap<&[u8], u64> = std::collections::HashMap::new();
+        for (_, u) in per_client {
+            if let Some(u) = u {
+                *last.entry(u.as_slice()).or_default() += 1;
+            }
+        }
+        let most = last.values().copied().max().unwrap_or(0);
+        self.statistics_stale = (per_client.len() as u64).saturating_sub(most);
+    }
+}
+
+const MIXED_NOTE: &str = "mixed: every user joins polls-changes, statistics-updates and \
+button-sessions (postgres_changes), button-presence (presence, keyed by the user's id) and the live \
+topic statistics; the pressing users track {user_id, poll_id} on button-presence (the relay inserts \
+the button_holds row) and untrack after the hold (the relay ends it), so hold starts and ends come \
+from the relay; the writers only vote (INSERT user_votes). deliveries/s counts postgres_changes \
+frames; deliveries_all_per_s adds presence diffs and statistics updates";
+
+impl AppReport {
+    fn human(&self, s: &mut String, users: usize, by_kind: [u64; 3]) {
+        let votes = if self.target_vote_rate > 0.0 {
+            format!("{:.1} votes/s", self.target_vote_rate)
+        } else {
+            "votes as fast as possible".into()
+        };
+        let _ = writeln!(
+            s,
+            "app load         {} of {users} users press every {:.1} s and hold {:.1} s ({:.1} presses/s, run by the relay through presence); writers: {votes}",
+            self.pressers, self.press_period_s, self.hold_s, self.target_press_rate
+        );
+        let _ = writeln!(
+            s,
+            "                 in the window: hold starts {}, hold ends {}, votes {}",
+            by_kind[0], by_kind[1], by_kind[2]
+        );
+        let _ = writeln!(
+            s,
+            "holds            tracks {:.1}/s accepted, untracks {:.1}/s, track errors {}, open at the end {}; track→reply (hold row inserted) p50 {:.3} ms p99 {:.3} ms",
+            self.tracks_per_s,
+            self.untracks_per_s,
+            self.track_errors,
+            self.holds_open_at_end,
+            self.hold_start_p50_ms,
+            self.hold_start_p99_ms
+        );
+        let _ = writeln!(
+            s,
+            "presence_diff    {:>10.1} /s   ({:.1} per client)   expected {} received {}  drops {} ({} clients short)  extra {}",
+            self.presence_diffs_per_s,
+            self.presence_diffs_per_client_per_s,
+            self.presence_expected,
+            self.presence_received,
+            self.presence_drops,
+            self.presence_clients_with_drops,
+            self.presence_extra
+        );
+        let _ = writeln!(
+            s,
+            "press→diff       p50 {:.3} ms  p95 {:.3} ms  p99 {:.3} ms  max {:.3} ms  (n={}; track sent → holder shown, hold row insert included)",
+            self.presence_p50_ms,
+            self.presence_p95_ms,
+            self.presence_p99_ms,
+            self.presence_max_ms,
+            self.presence_latency_n
+        );
+        let _ = writeln!(
+            s,
+            "statistics       {:>10.1} /s   ({:.2} per client; ≤ 4 with the 250 ms debounce)   value on join {}/{users}, stale at the end {}",
+            self.statistics_updates_per_s,
+            self.statistics_per_client_per_s,
+            self.statistics_initial,
+            self.statistics_stale
+        );
+    }
+}
 
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
@@ -133,6 +307,7 @@ impl Report {
             extra: 0,
             deliveries_per_s: 0.0,
             delivered_changes_per_s: 0.0,
+            deliveries_all_per_s: 0.0,
             latency_n: 0,
             p50_ms: 0.0,
             p95_ms: 0.0,
@@ -156,6 +331,7 @@ impl Report {
             first_setup_error: None,
             first_client_error: None,
             first_write_error: None,
+            app: AppReport::new(p),
             note: (p.kind == Kind::Mixed).then_some(MIXED_NOTE),
         }
     }
@@ -231,6 +407,17 @@ impl Report {
                 s,
                 "commit→client    p50 {:.3} ms  p95 {:.3} ms  p99 {:.3} ms  max {:.3} ms  (n={})",
                 self.p50_ms, self.p95_ms, self.p99_ms, self.max_ms, self.latency_n
+            );
+        }
+        if let Some(a) = &self.app {
+            a.human(&mut s, self.clients, self.committed_by_kind);
+            let _ = writeln!(
+                s,
+                "deliveries, all  {:>10.1} /s   (postgres_changes {:.1} + presence_diff {:.1} + statistics {:.1})",
+                self.deliveries_all_per_s,
+                self.deliveries_per_s,
+                a.presence_diffs_per_s,
+                a.statistics_updates_per_s
             );
         }
         let pct = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1} %"));

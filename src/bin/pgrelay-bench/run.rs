@@ -11,7 +11,10 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::clients::{self, ChannelSpec, ClientSpec, ClientStats, Interest, RecvStats, Shared};
+use crate::clients::{
+    self, AppStats, ChannelSpec, ClientSpec, ClientStats, Interest, PressSchedule, PresserSpec,
+    RecvStats, Shared, HOLD_CHANNEL,
+};
 use crate::db::{self, BenchDb, Workload, WriteCounts, WritePlan, HOLD_END, HOLD_START, VOTE};
 use crate::procfs;
 use crate::relay::{self, Relay};
@@ -27,6 +30,15 @@ const WRITE_LEAD: Duration = Duration::from_millis(300);
 const DRAIN_STALL: Duration = Duration::from_secs(2);
 /// How long clients get to close after the run.
 const CLIENT_STOP: Duration = Duration::from_secs(30);
+/// `mixed`: how long a press is held (a vote needs a hold of at least 3 s).
+const HOLD: Duration = Duration::from_millis(3200);
+/// `mixed`: how often each pressing user presses, at most (fewer users press more often only
+/// when there are not enough users).
+const PRESS_EVERY: Duration = Duration::from_secs(5);
+/// `mixed`: the shortest press period (a hold, then a pause before the next press).
+const MIN_PRESS_PERIOD: Duration = Duration::from_millis(3700);
+/// `mixed` with `--rate 0`: presses per second (the votes go as fast as possible).
+const DEFAULT_PRESS_RATE: f64 = 20.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -46,6 +58,46 @@ impl Kind {
             Kind::Idle => "idle",
             Kind::Mixed => "mixed",
         }
+    }
+}
+
+/// How `mixed` users press the hold button: `pressers` users each press every `period` and
+/// hold for `hold`, in turn, so presses are evenly spaced at `rate` per second; each press is a
+/// hold start and a hold end (run by the relay), and the writers vote at `vote_rate`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PressPlan {
+    pub(crate) pressers: usize,
+    pub(crate) period: Duration,
+    pub(crate) hold: Duration,
+    pub(crate) rate: f64,
+    /// 0: as fast as possible.
+    pub(crate) vote_rate: f64,
+}
+
+impl PressPlan {
+    /// `--rate` is changes/s as before: a third hold starts, a third hold ends, a third votes.
+    fn new(users: usize, rate: f64) -> PressPlan {
+        let (target, vote_rate) = if rate > 0.0 {
+            (rate / 3.0, rate / 3.0)
+        } else {
+            (DEFAULT_PRESS_RATE, 0.0)
+        };
+        let pressers =
+            ((target * PRESS_EVERY.as_secs_f64()).ceil() as usize).clamp(1, users.max(1));
+        let period = (pressers as f64 / target).max(MIN_PRESS_PERIOD.as_secs_f64());
+        PressPlan {
+            pressers,
+            period: Duration::from_secs_f64(period),
+            hold: HOLD,
+            rate: pressers as f64 / period,
+            vote_rate,
+        }
+    }
+
+    /// Which presser client `i` of `clients` is, if any: pressers are spread evenly.
+    fn presser_of(&self, i: usize, clients: usize) -> Option<usize> {
+        let stride = (clients / self.pressers.max(1)).max(1);
+        (i % stride == 0 && i / stride < self.pressers).then_some(i / stride)
     }
 }
 
@@ -72,6 +124,8 @@ pub(crate) struct Params {
     pub(crate) threads: usize,
     pub(crate) json: bool,
     pub(crate) label: Option<String>,
+    /// `mixed` only.
+    pub(crate) press: Option<PressPlan>,
 }
 
 fn secs(what: &str, v: f64, min: f64) -> Result<Duration, String> {
@@ -155,6 +209,7 @@ impl Params {
             threads: o.threads,
             json: o.json,
             label: o.label,
+            press: (kind == Kind::Mixed).then(|| PressPlan::new(clients, rate)),
         })
     }
 }
@@ -233,8 +288,14 @@ fn json_str(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
-/// What each client subscribes to and must receive.
-fn client_spec(p: &Params, i: usize, polls: &[i64]) -> ClientSpec {
+/// What each client subscribes to and must receive, and whether it presses.
+fn client_spec(
+    p: &Params,
+    i: usize,
+    polls: &Arc<Vec<i64>>,
+    profiles: &[String],
+    schedule: &watch::Receiver<Option<PressSchedule>>,
+) -> ClientSpec {
     let holds = |filter: Option<String>| {
         let filter = filter.map_or_else(String::new, |f| format!(",\"filter\":{}", json_str(&f)));
         format!(
@@ -246,8 +307,10 @@ fn client_spec(p: &Params, i: usize, polls: &[i64]) -> ClientSpec {
             channels: vec![ChannelSpec {
                 name: "bench".into(),
                 bindings: holds(None),
+                presence_key: None,
             }],
             interest: Interest::AllHolds,
+            presser: None,
         },
         Kind::Filtered | Kind::Idle => {
             let k = i % polls.len().max(1);
@@ -256,31 +319,67 @@ fn client_spec(p: &Params, i: usize, polls: &[i64]) -> ClientSpec {
                 channels: vec![ChannelSpec {
                     name: "bench".into(),
                     bindings: holds(Some(format!("poll_id=eq.{poll}"))),
+                    presence_key: None,
                 }],
                 interest: if p.kind == Kind::Idle {
                     Interest::Nothing
                 } else {
                     Interest::Poll(k)
                 },
+                presser: None,
             }
         }
-        Kind::Mixed => ClientSpec {
-            channels: vec![
-                ChannelSpec {
-                    name: "polls-changes".into(),
-                    bindings: r#"[{"event":"*","schema":"public","table":"polls"},{"event":"*","schema":"public","table":"user_votes"}]"#.into(),
-                },
-                ChannelSpec {
-                    name: "statistics-updates".into(),
-                    bindings: r#"[{"event":"INSERT","schema":"public","table":"user_votes"},{"event":"INSERT","schema":"public","table":"polls"},{"event":"INSERT","schema":"public","table":"profiles"}]"#.into(),
-                },
-                ChannelSpec {
-                    name: "button-sessions".into(),
-                    bindings: r#"[{"event":"*","schema":"public","table":"button_holds"}]"#.into(),
-                },
-            ],
-            interest: Interest::App,
-        },
+        Kind::Mixed => {
+            let user = profiles
+                .get(i % profiles.len().max(1))
+                .cloned()
+                .unwrap_or_default();
+            let presser = p.press.and_then(|press| {
+                let j = press.presser_of(i, p.clients)?;
+                Some(PresserSpec {
+                    user_id: user.clone(),
+                    polls: polls.clone(),
+                    index: j,
+                    offset: Duration::from_secs_f64(j as f64 / press.rate),
+                    period: press.period,
+                    hold: press.hold,
+                    schedule: schedule.clone(),
+                })
+            });
+            ClientSpec {
+                channels: vec![
+                    ChannelSpec {
+                        name: "polls-changes".into(),
+                        bindings: r#"[{"event":"*","schema":"public","table":"polls"},{"event":"*","schema":"public","table":"user_votes"}]"#.into(),
+                        presence_key: None,
+                    },
+                    ChannelSpec {
+                        name: "statistics-updates".into(),
+                        bindings: r#"[{"event":"INSERT","schema":"public","table":"user_votes"},{"event":"INSERT","schema":"public","table":"polls"},{"event":"INSERT","schema":"public","table":"profiles"}]"#.into(),
+                        presence_key: None,
+                    },
+                    ChannelSpec {
+                        name: "button-sessions".into(),
+                        bindings: r#"[{"event":"*","schema":"public","table":"button_holds"}]"#.into(),
+                        presence_key: None,
+                    },
+                    // Presence keyed by the user: everyone sees the holders.
+                    ChannelSpec {
+                        name: HOLD_CHANNEL.into(),
+                        bindings: "[]".into(),
+                        presence_key: Some(user),
+                    },
+                    // The live aggregate topic: the current value on join, then each change.
+                    ChannelSpec {
+                        name: "statistics".into(),
+                        bindings: "[]".into(),
+                        presence_key: None,
+                    },
+                ],
+                interest: Interest::App,
+                presser,
+            }
+        }
     }
 }
 
@@ -323,6 +422,7 @@ async fn run_in(p: &Params, bin: &std::path::Path, db: &BenchDb) -> Result<Repor
 
     let shared = Arc::new(Shared::new(p.workload.keys()));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (schedule_tx, schedule_rx) = watch::channel(None::<PressSchedule>);
 
     // Receivers.
     let setup_start = Instant::now();
@@ -356,7 +456,7 @@ async fn run_in(p: &Params, bin: &std::path::Path, db: &BenchDb) -> Result<Repor
                     .acquire_owned()
                     .await
                     .map_err(|e| e.to_string())?;
-                let spec = client_spec(p, i, &polls);
+                let spec = client_spec(p, i, &polls, &profiles, &schedule_rx);
                 let interest = spec.interest;
                 let h = tokio::spawn(clients::run_client(
                     r.addr,
@@ -386,6 +486,9 @@ async fn run_in(p: &Params, bin: &std::path::Path, db: &BenchDb) -> Result<Repor
                 p.clients,
                 setup_start.elapsed().as_secs_f64()
             );
+            shared
+                .presence_members
+                .store(ready as u64, Ordering::Relaxed);
             if ready == 0 {
                 let _ = stop_tx.send(true);
                 return Err(format!(
@@ -401,27 +504,38 @@ async fn run_in(p: &Params, bin: &std::path::Path, db: &BenchDb) -> Result<Repor
     let rss_ready = relay_pid.and_then(procfs::rss_kib);
 
     // The write plan and the window.
+    // `mixed`: presses start one hold time before the writers, so that hold starts and hold
+    // ends both run at their steady rate when the writes (and the warmup) begin.
+    let lead = WRITE_LEAD + p.press.map_or(Duration::ZERO, |press| press.hold);
     let base_inst = Instant::now();
     let base_us = now_us();
-    let start = base_inst + WRITE_LEAD;
+    let start = base_inst + lead;
     let t0 = start + p.warmup;
     let t1 = t0 + p.duration;
     let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
     let window = (
-        base_us + us(WRITE_LEAD + p.warmup),
-        base_us + us(WRITE_LEAD + p.warmup + p.duration),
+        base_us + us(lead + p.warmup),
+        base_us + us(lead + p.warmup + p.duration),
     );
     shared.set_window(window.0, window.1);
+    shared.set_writes_start(base_us + us(lead));
+    if p.press.is_some() {
+        let _ = schedule_tx.send(Some(PressSchedule {
+            start: base_inst + WRITE_LEAD,
+            stop: t1,
+        }));
+    }
     let plan = WritePlan {
         workload: p.workload,
         writers: p.writers,
-        rate: p.rate,
+        rate: p.press.map_or(p.rate, |press| press.vote_rate),
         profiles: profiles.clone(),
         polls: polls.clone(),
         start,
         stop: t1,
         window,
         synchronous_commit: p.synchronous_commit.clone(),
+        votes_only: p.press.is_some(),
     };
     let writers: Vec<JoinHandle<WriteCounts>> = (0..p.writers)
         .map(|w| tokio::spawn(db::writer(db.url.clone(), w, plan.clone())))
@@ -454,17 +568,44 @@ async fn run_in(p: &Params, bin: &std::path::Path, db: &BenchDb) -> Result<Repor
         }
     }
 
-    // Drain: wait for in-window changes still in flight.
+    // Relay-run holds (`mixed`): wait until every press is released, then count the hold
+    // changes the relay made, by the rows' own timestamps.
+    let mut holds_open_at_end = 0;
+    if let Some(press) = p.press {
+        let deadline = Instant::now() + press.hold + p.drain;
+        while shared.holds_open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        holds_open_at_end = shared.holds_open.load(Ordering::Relaxed).max(0) as u64;
+        match db::hold_counts(&db.url, window).await {
+            Ok(([starts, ends], all)) => {
+                counts.window[HOLD_START] += starts;
+                counts.window[HOLD_END] += ends;
+                counts.committed += all;
+            }
+            Err(e) => {
+                counts.errors += 1;
+                counts.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    // Drain: wait for in-window changes (and presence diffs) still in flight.
     let total_expected: u64 = match &receivers {
         Receivers::Listen(_) => counts.window_total(),
         Receivers::Clients(hs) => hs.iter().map(|(i, _)| expected(*i, &counts)).sum(),
     };
+    let presence_expected = shared.presence_expected.load(Ordering::Relaxed);
+    let received = || {
+        shared.window_frames.load(Ordering::Relaxed)
+            + shared.presence_window.load(Ordering::Relaxed)
+    };
     let drain_start = Instant::now();
-    let mut last = shared.window_frames.load(Ordering::Relaxed);
+    let mut last = received();
     let mut last_change = Instant::now();
     while drain_start.elapsed() < p.drain {
-        let got = shared.window_frames.load(Ordering::Relaxed);
-        if got >= total_expected {
+        let got = received();
+        if got >= total_expected + presence_expected {
             break;
         }
         if got != last {
@@ -499,6 +640,9 @@ async fn run_in(p: &Params, bin: &std::path::Path, db: &BenchDb) -> Result<Repor
     report.join_failures = join_failures;
     report.first_setup_error = first_setup_error;
     let mut recv = RecvStats::default();
+    let mut app = AppStats::default();
+    // Per ready client of `mixed`: presence diffs about in-window presses, last statistics.
+    let mut per_client: Vec<(u64, Option<Vec<u8>>)> = Vec::new();
     match receivers {
         Receivers::Listen(h) => {
             let (stats, end) = h.await.map_err(|e| e.to_string())?;
@@ -561,10 +705,23 @@ async fn run_in(p: &Params, bin: &std::path::Path, db: &BenchDb) -> Result<Repor
                     report.first_client_error.get_or_insert(e.clone());
                 }
                 recv.merge(&s.recv);
+                app.merge(&s.app);
+                if p.press.is_some() {
+                    per_client.push((s.app.diffs_window, s.last_update));
+                }
             }
         }
     }
     report.set_recv(&recv);
+    if let Some(a) = report.app.as_mut() {
+        a.holds_open_at_end = holds_open_at_end;
+        a.set(&app, &per_client, report.duration_s);
+    }
+    report.deliveries_all_per_s = report.deliveries_per_s
+        + report
+            .app
+            .as_ref()
+            .map_or(0.0, |a| a.presence_diffs_per_s + a.statistics_updates_per_s);
 
     if let Some(r) = relay {
         report.relay_warnings = r.warnings.load(Ordering::Relaxed);
