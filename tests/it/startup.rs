@@ -312,6 +312,9 @@ async fn json_logs() {
         .await
         .expect("insert");
     ws.recv_event("postgres_changes").await;
+    // A refused join logs (debug) inside its channel span.
+    let (_, reply) = ws.join_with("nope", json!({})).await;
+    assert_eq!(reply["status"], "error");
     drop(ws);
 
     let (status, lines) = tokio::task::spawn_blocking(move || relay.terminate())
@@ -320,6 +323,7 @@ async fn json_logs() {
     assert!(status.success(), "{status}");
     assert!(lines.len() > 3, "{lines:?}");
     let mut in_socket_span = 0;
+    let mut in_channel_span = 0;
     for line in &lines {
         let v: Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -335,7 +339,19 @@ async fn json_logs() {
             );
             in_socket_span += 1;
         }
+        if v["span"]["name"] == "channel" {
+            // Inside the connection's socket span, naming the push's topic and event.
+            assert_eq!(v["spans"][0]["name"], "socket", "{line}");
+            assert_eq!(v["span"]["event"], "phx_join", "{line}");
+            if v["span"]["topic"] == "nope" && v["fields"]["message"] == "join refused" {
+                in_channel_span += 1;
+            }
+        }
     }
+    assert_eq!(
+        in_channel_span, 1,
+        "the refused join was not logged inside its channel span:\n{lines:#?}"
+    );
     assert!(
         in_socket_span > 0,
         "no line inside a socket span:\n{lines:#?}"
