@@ -49,6 +49,9 @@ pub struct Change {
     pub old_record: Option<Row>,
     /// The `data` object of the `postgres_changes` event, serialized once.
     pub data: String,
+    /// The table's columns as `data` was rendered with, for subscribers that may not see
+    /// some of them (read policies).
+    pub info: Option<Arc<TableInfo>>,
 }
 
 /// Why a NOTIFY payload could not become a `Change`.
@@ -172,6 +175,7 @@ pub async fn decode(payload: &str, catalog: &Catalog) -> Result<Notice, ChangeEr
         record,
         old_record,
         data: String::new(),
+        info: None,
     };
     change.finish(catalog).await.map(Notice::Change)
 }
@@ -194,6 +198,7 @@ impl Change {
             record: as_row(row.record),
             old_record: as_row(row.old_record),
             data: String::new(),
+            info: None,
         }
         .finish(catalog)
         .await
@@ -209,31 +214,23 @@ impl Change {
                 schema: self.schema.clone(),
                 table: self.table.clone(),
             })?;
-        self.data = data_json(&self, &info);
+        self.data = data_json(&self, &info.columns_json, &[]);
+        self.info = Some(info);
         Ok(self)
     }
 }
 
 impl Change {
     /// The event's `data` without the `hidden` columns (read policies): removed from
-    /// `record`, `old_record` and `columns`. Rendered from `data`, so every other field is
-    /// exactly what everyone else gets.
+    /// `record`, `old_record` and `columns`, every other field as everyone else gets it.
+    /// Rendered from the rows, not by parsing `data` again.
     pub fn data_hiding(&self, hidden: &[String]) -> String {
-        let is_hidden = |name: &str| hidden.iter().any(|h| h == name);
-        let Ok(Value::Object(mut data)) = serde_json::from_str::<Value>(&self.data) else {
-            // `data` is always an object we wrote; should it ever not be, send no row at all
-            // rather than one that may hold a hidden value.
-            return "{\"errors\":[\"row withheld\"]}".to_owned();
-        };
-        for key in ["record", "old_record"] {
-            if let Some(Value::Object(row)) = data.get_mut(key) {
-                row.retain(|k, _| !is_hidden(k));
-            }
+        match &self.info {
+            Some(info) => data_json(self, &info.columns_json_hiding(hidden), hidden),
+            // Every routed change went through `finish`; should one not have, send no row at
+            // all rather than one that may hold a hidden value.
+            None => "{\"errors\":[\"row withheld\"]}".to_owned(),
         }
-        if let Some(Value::Array(columns)) = data.get_mut("columns") {
-            columns.retain(|c| !c.get("name").and_then(Value::as_str).is_some_and(is_hidden));
-        }
-        Value::Object(data).to_string()
     }
 }
 
@@ -244,22 +241,23 @@ fn as_row(v: Option<Value>) -> Option<Row> {
     }
 }
 
-/// The event's `data` object, keys in Supabase's order.
-fn data_json(change: &Change, info: &TableInfo) -> String {
+/// The event's `data` object, keys in Supabase's order, without the `hidden` columns' values
+/// (`columns_json` must already leave them out).
+fn data_json(change: &Change, columns_json: &str, hidden: &[String]) -> String {
     use crate::protocol::push_str;
-    let mut out = String::with_capacity(info.columns_json.len() + 256);
+    let mut out = String::with_capacity(columns_json.len() + 256);
     out.push_str("{\"columns\":");
-    out.push_str(&info.columns_json);
+    out.push_str(columns_json);
     out.push_str(",\"commit_timestamp\":");
     push_str(&mut out, &change.commit_timestamp);
     out.push_str(",\"errors\":null");
     if let Some(old) = &change.old_record {
         out.push_str(",\"old_record\":");
-        push_json(&mut out, old);
+        push_row(&mut out, old, hidden);
     }
     if let Some(rec) = &change.record {
         out.push_str(",\"record\":");
-        push_json(&mut out, rec);
+        push_row(&mut out, rec, hidden);
     }
     out.push_str(",\"schema\":");
     push_str(&mut out, &change.schema);
@@ -269,6 +267,29 @@ fn data_json(change: &Change, info: &TableInfo) -> String {
     out.push_str(change.op.as_str());
     out.push_str("\"}");
     out
+}
+
+/// A row as a JSON object, without the `hidden` columns.
+fn push_row(out: &mut String, row: &Row, hidden: &[String]) {
+    if hidden.is_empty() {
+        return push_json(out, row);
+    }
+    out.push('{');
+    let mut first = true;
+    for (name, value) in row.iter().filter(|(k, _)| !hidden.contains(k)) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        crate::protocol::push_str(out, name);
+        out.push(':');
+        // Serializing a Value cannot fail.
+        match serde_json::to_string(value) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => out.push_str("null"),
+        }
+    }
+    out.push('}');
 }
 
 fn push_json(out: &mut String, row: &Row) {
@@ -290,22 +311,30 @@ pub struct TableInfo {
 }
 
 impl TableInfo {
+    /// `columns_json` without the `hidden` columns.
+    pub fn columns_json_hiding(&self, hidden: &[String]) -> String {
+        let list: Vec<Value> = self
+            .columns
+            .iter()
+            .filter(|(n, _)| !hidden.contains(n))
+            .map(|(n, t)| serde_json::json!({"name": n, "type": t}))
+            .collect();
+        Value::Array(list).to_string()
+    }
+
     fn new(columns: Vec<(String, String)>) -> Self {
         let by_name = columns
             .iter()
             .enumerate()
             .map(|(i, (n, _))| (n.clone(), i))
             .collect();
-        let list: Vec<Value> = columns
-            .iter()
-            .map(|(n, t)| serde_json::json!({"name": n, "type": t}))
-            .collect();
-        let columns_json = Value::Array(list).to_string();
-        TableInfo {
+        let mut info = TableInfo {
             columns,
             by_name,
-            columns_json,
-        }
+            columns_json: String::new(),
+        };
+        info.columns_json = info.columns_json_hiding(&[]);
+        info
     }
 
     /// `pg_type.typname` of a column.
@@ -485,8 +514,9 @@ mod tests {
             record: None,
             old_record: Some(rec.clone()),
             data: String::new(),
+            info: None,
         };
-        let v: Value = serde_json::from_str(&data_json(&change, &info)).unwrap();
+        let v: Value = serde_json::from_str(&data_json(&change, &info.columns_json, &[])).unwrap();
         assert_eq!(
             v,
             serde_json::json!({
@@ -496,7 +526,14 @@ mod tests {
                 "schema":"public","table":"polls","type":"DELETE"})
         );
         let mut change = change;
-        change.data = data_json(&change, &info);
+        change.data = data_json(&change, &info.columns_json, &[]);
+        assert_eq!(
+            change.data_hiding(&["status".into()]),
+            "{\"errors\":[\"row withheld\"]}",
+            "no table info: no row"
+        );
+        let info = Arc::new(info);
+        change.info = Some(info.clone());
         let hidden: Value = serde_json::from_str(&change.data_hiding(&["status".into()])).unwrap();
         assert_eq!(
             hidden,

@@ -875,6 +875,7 @@ mod tests {
             record: record.map(row),
             old_record: old.map(row),
             data: "{\"d\":1}".into(),
+            info: None,
         }
     }
 
