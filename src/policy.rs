@@ -125,6 +125,28 @@ impl Policies {
         })
     }
 
+    /// `Ok` when `claims` may do `action` on the private channel `name`, else Supabase's
+    /// refusal text (`Unauthorized: You do not have permissions to … this Channel topic: …`).
+    pub fn check_channel(
+        &self,
+        name: &str,
+        claims: &Claims,
+        action: ChannelAction,
+    ) -> Result<(), String> {
+        if self.channel_allows(name, claims, action) {
+            return Ok(());
+        }
+        let what = match action {
+            ChannelAction::Read => "read from",
+            ChannelAction::Send => "write to",
+            ChannelAction::Track => "track presence on",
+        };
+        Err(format!(
+            "Unauthorized: You do not have permissions to {what} this Channel topic: {}",
+            crate::protocol::truncate(name, 200)
+        ))
+    }
+
     /// What a subscriber may read of a table: the filter it is held to and the columns it
     /// does not see.
     ///

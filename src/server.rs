@@ -524,20 +524,11 @@ fn private_send_refusal(
     claims: Option<&Claims>,
     topic: &str,
 ) -> Option<warp::reply::Response> {
-    let claims = claims?;
-    if relay
+    let refusal = relay
         .policies
-        .channel_allows(topic, claims, ChannelAction::Send)
-    {
-        return None;
-    }
-    Some(json_error(
-        StatusCode::FORBIDDEN,
-        &format!(
-            "Unauthorized: You do not have permissions to write to this Channel topic: {}",
-            crate::protocol::truncate(topic, 200)
-        ),
-    ))
+        .check_channel(topic, claims?, ChannelAction::Send)
+        .err()?;
+    Some(json_error(StatusCode::FORBIDDEN, &refusal))
 }
 
 /// `POST /realtime/v1/api/broadcast/{topic}/events/{event}[?private=true]`: the body is the

@@ -446,22 +446,16 @@ where
         };
 
         // A private channel is open only to what a channel policy grants (with auth on).
-        if let Some(c) = claims.as_ref().filter(|_| request.private) {
-            let name = protocol::subtopic(&topic);
-            if !self
-                .ctx
-                .policies
-                .channel_allows(name, c, ChannelAction::Read)
-            {
-                debug!(topic = %topic, role = %c.role, "private join refused");
-                let reason = format!(
-                    "Unauthorized: You do not have permissions to read from this Channel topic: {}",
-                    truncate(name, 200)
-                );
-                return self
-                    .send(protocol::reply_error(vsn, jr, r, &topic, &reason))
-                    .await;
-            }
+        if let Err(reason) = self.check_private(
+            request.private,
+            claims.as_ref(),
+            &topic,
+            ChannelAction::Read,
+        ) {
+            debug!(topic = %topic, "private join refused");
+            return self
+                .send(protocol::reply_error(vsn, jr, r, &topic, &reason))
+                .await;
         }
 
         let (echo, ids) = channel::reply_bindings(&request.bindings);
@@ -687,19 +681,12 @@ where
                         limits.max_presence_payload_bytes
                     ));
                 }
-                if let Some(c) = joined.claims.as_ref().filter(|_| joined.key.private) {
-                    let name = protocol::subtopic(topic);
-                    if !self
-                        .ctx
-                        .policies
-                        .channel_allows(name, c, ChannelAction::Track)
-                    {
-                        return Err(format!(
-                            "Unauthorized: You do not have permissions to track presence on this Channel topic: {}",
-                            truncate(name, 200)
-                        ));
-                    }
-                }
+                self.check_private(
+                    joined.key.private,
+                    joined.claims.as_ref(),
+                    topic,
+                    ChannelAction::Track,
+                )?;
                 let (key, presence_key) = (joined.key.clone(), joined.presence_key.clone());
                 if let Some(holds) = self.holds_for(topic) {
                     // On the hold channel a track with a user starts a relay-run hold; the
@@ -784,21 +771,31 @@ where
 
     /// On a private channel with auth on, a channel policy must grant sending.
     fn check_may_send(&self, joined: &Joined) -> Result<(), String> {
-        let Some(c) = joined.claims.as_ref().filter(|_| joined.key.private) else {
-            return Ok(());
-        };
-        let name = protocol::subtopic(&joined.key.topic);
-        if self
-            .ctx
-            .policies
-            .channel_allows(name, c, ChannelAction::Send)
-        {
-            return Ok(());
+        self.check_private(
+            joined.key.private,
+            joined.claims.as_ref(),
+            &joined.key.topic,
+            ChannelAction::Send,
+        )
+    }
+
+    /// On a private channel (with auth on: claims present), a channel policy must grant
+    /// `action`; the refusal is Supabase's text.
+    fn check_private(
+        &self,
+        private: bool,
+        claims: Option<&Claims>,
+        topic: &str,
+        action: ChannelAction,
+    ) -> Result<(), String> {
+        match claims {
+            Some(c) if private => {
+                self.ctx
+                    .policies
+                    .check_channel(protocol::subtopic(topic), c, action)
+            }
+            _ => Ok(()),
         }
-        Err(format!(
-            "Unauthorized: You do not have permissions to write to this Channel topic: {}",
-            truncate(name, 200)
-        ))
     }
 
     fn check_broadcast_size(&self, size: usize) -> Result<(), String> {

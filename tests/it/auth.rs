@@ -524,6 +524,17 @@ async fn accepts(relay: &Relay, token: &str) -> (u16, String, bool) {
     (status, error, ws_ok)
 }
 
+/// [`accepts`] for a token signed with a fixture key.
+async fn accepts_signed(
+    relay: &Relay,
+    alg: Algorithm,
+    key_file: &str,
+    kid: Option<&str>,
+    claims: Value,
+) -> (u16, String, bool) {
+    accepts(relay, &signed(alg, key_file, kid, claims)).await
+}
+
 #[tokio::test]
 async fn rs256_and_es256_public_keys_verify_tokens() {
     let claims = json!({"sub": "u", "role": "authenticated", "exp": now() + 600});
@@ -532,28 +543,23 @@ async fn rs256_and_es256_public_keys_verify_tokens() {
 
     let relay = start_relay_with(|c| c.jwt_public_key = Some(fixture("rs256.pub"))).await;
     assert_eq!(
-        accepts(
-            &relay,
-            &signed(Algorithm::RS256, "rs256.key", None, claims.clone())
-        )
-        .await,
+        accepts_signed(&relay, Algorithm::RS256, "rs256.key", None, claims.clone()).await,
         ok
     );
     // Another RSA key, an EC key, and the HS256 "none of your keys" case.
     assert_eq!(
-        accepts(
+        accepts_signed(
             &relay,
-            &signed(Algorithm::RS256, "jwks-rs256.key", None, claims.clone())
+            Algorithm::RS256,
+            "jwks-rs256.key",
+            None,
+            claims.clone()
         )
         .await,
         bad_sig
     );
     assert_eq!(
-        accepts(
-            &relay,
-            &signed(Algorithm::ES256, "es256.key", None, claims.clone())
-        )
-        .await,
+        accepts_signed(&relay, Algorithm::ES256, "es256.key", None, claims.clone()).await,
         bad_sig
     );
     assert_eq!(accepts(&relay, &token(claims.clone())).await, bad_sig);
@@ -561,17 +567,16 @@ async fn rs256_and_es256_public_keys_verify_tokens() {
 
     let relay = start_relay_with(|c| c.jwt_public_key = Some(fixture("es256.pub"))).await;
     assert_eq!(
-        accepts(
-            &relay,
-            &signed(Algorithm::ES256, "es256.key", None, claims.clone())
-        )
-        .await,
+        accepts_signed(&relay, Algorithm::ES256, "es256.key", None, claims.clone()).await,
         ok
     );
     assert_eq!(
-        accepts(
+        accepts_signed(
             &relay,
-            &signed(Algorithm::ES256, "jwks-es256.key", None, claims.clone())
+            Algorithm::ES256,
+            "jwks-es256.key",
+            None,
+            claims.clone()
         )
         .await,
         bad_sig
@@ -621,9 +626,12 @@ async fn a_jwks_file_verifies_tokens_by_kid() {
     );
     // Without a kid every key of the algorithm is tried.
     assert_eq!(
-        accepts(
+        accepts_signed(
             &relay,
-            &signed(Algorithm::RS256, "jwks-rs256.key", None, claims.clone())
+            Algorithm::RS256,
+            "jwks-rs256.key",
+            None,
+            claims.clone()
         )
         .await,
         ok
