@@ -13,8 +13,10 @@ use pgrelay::config::{
     CleanupArgs, Cli, Command, LogFormat, ServeArgs, Timeout, TriggersArgs, TriggersCommand,
     DEFAULT_DATABASE_URL,
 };
+use pgrelay::db::{self, cleanup, pginstance};
+use pgrelay::http::server;
 use pgrelay::shutdown::ShutdownController;
-use pgrelay::{cleanup, db, pginstance, server, Config};
+use pgrelay::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

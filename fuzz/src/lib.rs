@@ -6,9 +6,9 @@
 //! decoded message that does not survive re-encoding, a filter whose hash-index key disagrees
 //! with its evaluation.
 
-use pgrelay::change::{self, ChangeError, Parsed};
-use pgrelay::filter::{self, FilterError};
+use pgrelay::ingest::change::{self, ChangeError, Parsed};
 use pgrelay::protocol::{self, ProtocolError, Vsn};
+use pgrelay::route::filter::{self, FilterError};
 use serde_json::{json, Map, Value};
 
 /// Filter errors echo client text clipped to 100 characters (escaped), so every message stays

@@ -6,8 +6,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pgrelay::cleanup::{self, Sweep};
 use pgrelay::config::SessionCleanup;
+use pgrelay::db::cleanup::{self, Sweep};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 

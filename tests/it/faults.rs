@@ -314,7 +314,7 @@ async fn pruning_deletes_old_changes_in_batches_and_records_the_horizon() {
     // tests run transactions concurrently: retry until they are out of the way.
     let mut pruned = 0;
     for _ in 0..100 {
-        pruned += pgrelay::cleanup::prune_change_log(&pool, Duration::from_secs(15 * 60))
+        pruned += pgrelay::db::cleanup::prune_change_log(&pool, Duration::from_secs(15 * 60))
             .await
             .unwrap();
         if pruned >= 10 {
@@ -335,7 +335,7 @@ async fn pruning_deletes_old_changes_in_batches_and_records_the_horizon() {
     assert!(row.get::<_, bool>(1), "horizon recorded");
     // Nothing else is old enough.
     assert_eq!(
-        pgrelay::cleanup::prune_change_log(&pool, Duration::from_secs(15 * 60))
+        pgrelay::db::cleanup::prune_change_log(&pool, Duration::from_secs(15 * 60))
             .await
             .unwrap(),
         0

@@ -18,9 +18,9 @@ use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{json, Map, Value};
 
-use pgrelay::change::{self, ChangeError, Parsed};
-use pgrelay::filter::{self, FilterError};
+use pgrelay::ingest::change::{self, ChangeError, Parsed};
 use pgrelay::protocol::{self, Message, ProtocolError, Vsn};
+use pgrelay::route::filter::{self, FilterError};
 
 #[allow(dead_code)]
 #[path = "../../fuzz/src/lib.rs"]

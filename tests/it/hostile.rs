@@ -190,7 +190,7 @@ fn join_bindings(
         .iter()
         .map(|b| {
             let mut m: Map<String, Value> = b.as_object().expect("binding object").clone();
-            let id = pgrelay::channel::binding_id(&m);
+            let id = pgrelay::realtime::channel::binding_id(&m);
             m.insert("id".into(), json!(id));
             Value::Object(m)
         })
@@ -242,7 +242,7 @@ fn profiles_bind_error(filter: &str) -> String {
         "created_at" => Some("timestamptz"),
         _ => None,
     };
-    let parsed = pgrelay::filter::parse(filter)
+    let parsed = pgrelay::route::filter::parse(filter)
         .expect("filter parses")
         .expect("filter is not empty");
     parsed

@@ -193,7 +193,7 @@ async fn zero_config_starts_a_private_postgres() {
         ("PGRELAY_ZERO_CONFIG_PROBE", probe.as_str()),
         ("RUST_LOG", "info"),
     ];
-    if pgrelay::pginstance::Binaries::find().is_none() {
+    if pgrelay::db::pginstance::Binaries::find().is_none() {
         // Nothing to start: the one clear line instead.
         let out = Command::new(env!("CARGO_BIN_EXE_pgrelay"))
             .current_dir(&dir.0)
@@ -275,7 +275,8 @@ async fn zero_config_starts_a_private_postgres() {
         .and_then(|p| p.split('/').next())
         .expect("port");
     assert!(
-        !pgrelay::pginstance::answers(&format!("127.0.0.1:{port}"), Duration::from_secs(1)).await,
+        !pgrelay::db::pginstance::answers(&format!("127.0.0.1:{port}"), Duration::from_secs(1))
+            .await,
         "the private PostgreSQL still answers"
     );
 }

@@ -111,7 +111,7 @@ pub struct Relay {
     pub addr: std::net::SocketAddr,
     pub db: TestDb,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), pgrelay::server::ServerError>>>,
+    task: Option<JoinHandle<Result<(), pgrelay::http::server::ServerError>>>,
 }
 
 pub async fn start_relay() -> Relay {

@@ -19,26 +19,27 @@ use tracing::{info, warn};
 use warp::http::StatusCode;
 use warp::Filter;
 
-use crate::aggregate::{self, LiveQueries};
 use crate::auth::{self, AuthError, Claims, Verifier};
-use crate::change::Catalog;
-use crate::channel;
-use crate::cleanup;
 use crate::config::{Config, Limits};
+use crate::db::cleanup;
 use crate::db::{self, DbError};
-use crate::dispatch::Dispatcher;
-use crate::holds::{self, Holds};
-use crate::listener::{self, ListenerConfig};
+use crate::http::sse;
+use crate::ingest::change::Catalog;
+use crate::ingest::dispatch::Dispatcher;
+use crate::ingest::listener::{self, ListenerConfig};
+use crate::ingest::watermark::{self, Markers};
 use crate::metrics::{Gauges, Metrics};
-use crate::policy::{ChannelAction, Policies};
 use crate::protocol::Vsn;
 use crate::protocol::TOPIC_PREFIX;
-use crate::router::{Broadcast, Router, TopicKey};
+use crate::realtime::channel;
+use crate::realtime::holds::{self, Holds};
+use crate::realtime::socket::{self, SocketContext};
+use crate::realtime::ws;
+use crate::route::deliver::Deliverer;
+use crate::route::live::{self, LiveQueries};
+use crate::route::policy::{ChannelAction, Policies};
+use crate::route::router::{Broadcast, Router, TopicKey};
 use crate::shutdown::{Shutdown, ShutdownController, Tracker};
-use crate::socket::{self, SocketContext};
-use crate::sse;
-use crate::watermark::{self, Markers};
-use crate::ws;
 
 /// How long shutdown waits for sockets to say goodbye and tasks to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -314,23 +315,32 @@ fn start_pipeline(
         listening_tx,
         controller.subscribe(),
     )));
-    let mut dispatcher = Dispatcher::new(
+    // Ingest hands changes to routing through a short queue: enough to keep both busy, and
+    // bounded so that routing falling behind pushes back on the listener.
+    let (deliveries_tx, deliveries_rx) = mpsc::channel(1024);
+    let dispatcher = Dispatcher::new(
         catalog,
-        router,
+        deliveries_tx,
         pool.clone(),
-        metrics,
+        metrics.clone(),
         markers.clone(),
         watermark_tx,
     );
-    dispatcher.policies = Some(policies);
-    dispatcher.live = Some(live.clone());
-    spawn(Box::pin(aggregate::run(
+    let deliverer = Deliverer {
+        router,
+        metrics,
+        pool: pool.clone(),
+        live: Some(live.clone()),
+        policies: Some(policies),
+    };
+    spawn(Box::pin(live::run(
         live,
         pool.clone(),
         router_for_live,
         controller.subscribe(),
     )));
     spawn(Box::pin(dispatcher.run(events_rx)));
+    spawn(Box::pin(deliverer.run(deliveries_rx)));
     spawn(Box::pin(watermark::run(
         markers,
         limits.marker_interval,
@@ -372,16 +382,16 @@ fn routes(
     // The inspector: one self-contained page, built into the binary.
     let inspector = warp::path::end()
         .and(warp::get())
-        .map(|| warp::reply::html(include_str!("../static/inspector.html")));
+        .map(|| warp::reply::html(include_str!("../../static/inspector.html")));
     // The demo app and the supabase-js build it loads (vendored: no CDN, works offline).
     let demo = warp::path!("demo")
         .and(warp::get())
-        .map(|| warp::reply::html(include_str!("../static/demo.html")));
+        .map(|| warp::reply::html(include_str!("../../static/demo.html")));
     let vendor = warp::path!("vendor" / "supabase.js")
         .and(warp::get())
         .map(|| {
             warp::reply::with_header(
-                include_str!("../static/vendor/supabase.js"),
+                include_str!("../../static/vendor/supabase.js"),
                 "content-type",
                 "application/javascript; charset=utf-8",
             )
@@ -456,7 +466,10 @@ fn routes(
         .or(vendor)
         .or(metrics)
         .or(ready)
-        .or(crate::api::routes(relay.pool.clone(), relay.auth.clone()))
+        .or(crate::http::api::routes(
+            relay.pool.clone(),
+            relay.auth.clone(),
+        ))
         .recover(|_rej: warp::Rejection| async {
             Ok::<_, Infallible>(json_error(StatusCode::NOT_FOUND, "Not found"))
         })

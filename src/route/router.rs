@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, Notify};
 
-use crate::change::{Change, Op, Row};
-use crate::filter::{self, BoundFilter, IndexKey};
+use crate::ingest::change::{Change, Op, Row};
 use crate::metrics::Metrics;
-use crate::presence::TopicPresence;
 use crate::protocol::{self, Vsn};
+use crate::route::filter::{self, BoundFilter, IndexKey};
+use crate::route::presence::TopicPresence;
 
 pub type SocketId = u64;
 
@@ -595,7 +595,7 @@ impl State {
     fn fan_out_diff(
         &self,
         key: &TopicKey,
-        diff: &crate::presence::Diff,
+        diff: &crate::route::presence::Diff,
         metrics: &Metrics,
         cut: &mut Vec<Arc<SocketShared>>,
     ) {

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::auth::Claims;
-use crate::change::{Catalog, Op};
-use crate::filter;
-use crate::policy::Policies;
-use crate::router::{Hidden, NewBinding, Scope, TopicKey};
+use crate::ingest::change::{Catalog, Op};
+use crate::route::filter;
+use crate::route::policy::Policies;
+use crate::route::router::{Hidden, NewBinding, Scope, TopicKey};
 
 /// A channel this socket has joined.
 #[derive(Debug)]

@@ -20,11 +20,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::debug;
 use warp::sse::Event;
 
-use crate::change::{Catalog, Change};
-use crate::channel;
 use crate::db::{self, DbError};
-use crate::dispatch::GAP_MESSAGE;
-use crate::router::NewBinding;
+use crate::ingest::change::{Catalog, Change};
+use crate::ingest::GAP_MESSAGE;
+use crate::realtime::channel;
+use crate::route::router::NewBinding;
 
 /// Events buffered per SSE client; a client that falls this far behind blocks only its own
 /// reader task (which then reads the log later, losing nothing).

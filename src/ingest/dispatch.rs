@@ -1,7 +1,7 @@
 //! The dispatcher: the one consumer of the listener's events. It decodes each change once,
-//! routes it, advances the watermark on this relay's markers, and after a LISTEN disconnect
-//! replays from the change log exactly the changes that were missed, before any live change
-//! that follows.
+//! hands it on to routing, advances the watermark on this relay's markers, and after a LISTEN
+//! disconnect replays from the change log exactly the changes that were missed, before any
+//! live change that follows.
 //!
 //! Exactly once: every change delivered since the last two watermarks is remembered by `seq`
 //! (two generations, rotated at each marker). A catch-up replays the transactions committed
@@ -18,43 +18,31 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::change::{self, Catalog, Change, Notice};
 use crate::db;
-use crate::listener::Event;
-use crate::metrics::{parse_commit_timestamp, Metrics};
-use crate::router::Router;
-use crate::watermark::Markers;
+use crate::ingest::change::{self, Catalog, Change, Notice};
+use crate::ingest::listener::Event;
+use crate::ingest::watermark::Markers;
+use crate::ingest::Delivery;
+use crate::metrics::Metrics;
 
 /// Remembered deliveries beyond this mean markers have stopped coming back (the pool cannot
 /// reach the database while the LISTEN session can): forget them and treat the next gap as
 /// unrecoverable rather than grow without bound.
 const MAX_REMEMBERED: usize = 2_000_000;
 
-/// Catch-up delivers this many changes, then lets sockets drain (`Dispatcher::pace`).
-const CATCH_UP_BATCH: usize = 128;
-/// Longest wait for sockets to drain between catch-up batches.
-const CATCH_UP_WAIT: Duration = Duration::from_millis(250);
-
-/// Sent to channels when changes may have been lost.
-pub const GAP_MESSAGE: &str = "The relay lost its database connection for a moment and could \
-                               not replay every change made meanwhile: some may be missing. \
-                               Refetch to be sure.";
-
 /// The dispatcher's state.
 #[derive(Debug)]
 pub struct Dispatcher {
     pub catalog: Arc<Catalog>,
-    pub router: Arc<Router>,
+    /// Where each change goes next, in order. Bounded: a routing stage that falls behind
+    /// slows the dispatcher, and through it the listener, instead of growing a buffer.
+    pub out: mpsc::Sender<Delivery>,
     pub pool: deadpool_postgres::Pool,
     pub metrics: Arc<Metrics>,
     pub markers: Arc<Markers>,
     /// Latest watermark snapshot, published for readers of the change log (server-sent
     /// events) that follow the relay's windows.
     pub watermark_tx: watch::Sender<Option<String>>,
-    /// Told about every change, to re-run the live queries that depend on it.
-    pub live: Option<Arc<crate::aggregate::LiveQueries>>,
-    /// Reloaded when `pgrelay.read_policies` changes (the table is published to the relay).
-    pub policies: Option<Arc<crate::policy::Policies>>,
     watermark: Option<String>,
     delivered: HashSet<i64>,
     delivered_prev: HashSet<i64>,
@@ -63,7 +51,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         catalog: Arc<Catalog>,
-        router: Arc<Router>,
+        out: mpsc::Sender<Delivery>,
         pool: deadpool_postgres::Pool,
         metrics: Arc<Metrics>,
         markers: Arc<Markers>,
@@ -71,13 +59,11 @@ impl Dispatcher {
     ) -> Self {
         Dispatcher {
             catalog,
-            router,
+            out,
             pool,
             metrics,
             markers,
             watermark_tx,
-            policies: None,
-            live: None,
             watermark: None,
             delivered: HashSet::new(),
             delivered_prev: HashSet::new(),
@@ -108,12 +94,7 @@ impl Dispatcher {
     async fn on_payload(&mut self, payload: &str) {
         match change::decode(payload, &self.catalog).await {
             Ok(Notice::Change(change)) => {
-                if change.schema == "pgrelay"
-                    && matches!(change.table.as_str(), "read_policies" | "channel_policies")
-                {
-                    self.reload_policies();
-                }
-                self.deliver(&change);
+                self.deliver(change).await;
             }
             Ok(Notice::Marker(m)) if m.relay == self.markers.relay_id => {
                 self.watermark = Some(m.snapshot.clone());
@@ -128,22 +109,8 @@ impl Dispatcher {
         }
     }
 
-    /// Reload read policies in the background; joins from now on use the new ones.
-    fn reload_policies(&self) {
-        let Some(policies) = self.policies.clone() else {
-            return;
-        };
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            match policies.load(&pool).await {
-                Ok(n) => info!(policies = n, "read policies reloaded"),
-                Err(e) => warn!(cause = %e, "read policies not reloaded"),
-            }
-        });
-    }
-
-    /// Route a change unless it was already delivered. Returns whether it was delivered.
-    fn deliver(&mut self, change: &Change) -> bool {
+    /// Hand a change on unless it was already delivered. Returns whether it was handed on.
+    async fn deliver(&mut self, change: Change) -> bool {
         if self.delivered_prev.contains(&change.seq) || !self.delivered.insert(change.seq) {
             return false;
         }
@@ -155,53 +122,49 @@ impl Dispatcher {
             self.delivered_prev.clear();
             self.watermark = None;
         }
-        Metrics::inc(&self.metrics.changes_total);
-        self.router.deliver(change);
-        if let Some(live) = &self.live {
-            live.touched(&change.schema, &change.table);
-        }
-        if let Some(at) = parse_commit_timestamp(&change.commit_timestamp) {
-            let lag = chrono::Utc::now() - at;
-            self.metrics
-                .commit_to_send
-                .observe(lag.to_std().unwrap_or_default());
-        }
+        // Closed only when routing has stopped, i.e. at shutdown.
+        let _ = self.out.send(Delivery::Change(change)).await;
         true
     }
 
     /// After a lost LISTEN session: replay what committed since the watermark.
     async fn catch_up(&mut self, down_for: Duration) {
         let Some(after) = self.watermark.clone() else {
-            self.gap(down_for, "no watermark had been established yet");
+            self.gap(down_for, "no watermark had been established yet")
+                .await;
             return;
         };
         let upto = match self.markers.send().await {
             Ok((_, snapshot)) => snapshot,
             Err(e) => {
-                self.gap(down_for, &format!("marker failed: {e}"));
+                self.gap(down_for, &format!("marker failed: {e}")).await;
                 return;
             }
         };
         match db::pruned_past(&self.pool, &after).await {
             Ok(false) => {}
-            Ok(true) => self.gap(down_for, "the change log was pruned past the watermark"),
-            Err(e) => self.gap(down_for, &format!("cannot check pruning: {e}")),
+            Ok(true) => {
+                self.gap(down_for, "the change log was pruned past the watermark")
+                    .await
+            }
+            Err(e) => {
+                self.gap(down_for, &format!("cannot check pruning: {e}"))
+                    .await
+            }
         }
         let rows = match db::read_window(&self.pool, &after, &upto).await {
             Ok(rows) => rows,
             Err(e) => {
-                self.gap(down_for, &format!("cannot read the change log: {e}"));
+                self.gap(down_for, &format!("cannot read the change log: {e}"))
+                    .await;
                 return;
             }
         };
         let logged = rows.len();
         let mut replayed = 0u64;
-        for (i, row) in rows.into_iter().enumerate() {
-            if i % CATCH_UP_BATCH == CATCH_UP_BATCH - 1 {
-                self.pace().await;
-            }
+        for row in rows {
             match Change::from_log(row, &self.catalog).await {
-                Ok(change) => replayed += u64::from(self.deliver(&change)),
+                Ok(change) => replayed += u64::from(self.deliver(change).await),
                 Err(err) => {
                     Metrics::inc(&self.metrics.changes_dropped_total);
                     error!(error_code = err.code(), cause = %err, "logged change dropped");
@@ -215,22 +178,10 @@ impl Dispatcher {
         info!(down_for = ?down_for, logged, replayed, "caught up after listener reconnect");
     }
 
-    /// Let sockets drain between catch-up batches. A catch-up can replay minutes of changes at
-    /// once; pushed in one go they would overflow healthy clients' queues and cut them off.
-    /// A client that does not drain within the wait keeps filling and is cut off as usual, so
-    /// one stuck client stalls the catch-up for a bounded time only.
-    async fn pace(&self) {
-        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
-        tokio::task::yield_now().await;
-        while self.router.queue_pressure() > 0.5 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
-    fn gap(&self, down_for: Duration, why: &str) {
+    async fn gap(&self, down_for: Duration, why: &str) {
         Metrics::inc(&self.metrics.gaps_total);
         warn!(down_for = ?down_for, error_code = "ListenerGap", cause = why,
               "changes committed while the listener was down may be missing");
-        self.router.notify_pg_channels("error", GAP_MESSAGE);
+        let _ = self.out.send(Delivery::Gap).await;
     }
 }

@@ -3,6 +3,14 @@
 //!
 //! The LISTEN session lives in `listener`: it must be a dedicated connection, never a pooled one,
 //! because a pooled connection is shared and may sit behind a transaction-pooling proxy.
+//!
+//! Also here: [`pginstance`], the private PostgreSQL of a zero-configuration start, and
+//! [`cleanup`], the loop that ends stale hold sessions and prunes the change log.
+//!
+//! May use: `config` and `shutdown` only. Every other folder builds on this one.
+
+pub mod cleanup;
+pub mod pginstance;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,19 +26,22 @@ mod embedded {
 const EMBEDDED_TRIGGERS: &[(&str, &str)] = &[
     (
         "000_notify_change.sql",
-        include_str!("../triggers/000_notify_change.sql"),
+        include_str!("../../triggers/000_notify_change.sql"),
     ),
     (
         "button_holds.sql",
-        include_str!("../triggers/button_holds.sql"),
+        include_str!("../../triggers/button_holds.sql"),
     ),
-    ("polls.sql", include_str!("../triggers/polls.sql")),
+    ("polls.sql", include_str!("../../triggers/polls.sql")),
     (
         "pgrelay_read_policies.sql",
-        include_str!("../triggers/pgrelay_read_policies.sql"),
+        include_str!("../../triggers/pgrelay_read_policies.sql"),
     ),
-    ("profiles.sql", include_str!("../triggers/profiles.sql")),
-    ("user_votes.sql", include_str!("../triggers/user_votes.sql")),
+    ("profiles.sql", include_str!("../../triggers/profiles.sql")),
+    (
+        "user_votes.sql",
+        include_str!("../../triggers/user_votes.sql"),
+    ),
 ];
 
 /// Errors talking to PostgreSQL, with the context an operator needs to act on them.

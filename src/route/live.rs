@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use crate::db::{self, DbError};
 use crate::protocol::TOPIC_PREFIX;
-use crate::router::{Broadcast, Router, TopicKey};
+use crate::route::router::{Broadcast, Router, TopicKey};
 use crate::shutdown::Shutdown;
 
 /// One live query.

@@ -22,17 +22,17 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, instrument, warn, Instrument};
 
-use crate::aggregate::{self, LiveQueries};
 use crate::auth::{self, AuthError, Claims, Verifier};
-use crate::change::Catalog;
-use crate::channel::{self, Access, Channels, JoinError, Joined};
 use crate::config::Limits;
-use crate::holds::{HoldRequest, Holds};
+use crate::ingest::change::Catalog;
 use crate::metrics::Metrics;
-use crate::policy::{ChannelAction, Policies};
-use crate::presence;
 use crate::protocol::{self, truncate, Vsn, PHOENIX_TOPIC, TOPIC_PREFIX};
-use crate::router::{
+use crate::realtime::channel::{self, Access, Channels, JoinError, Joined};
+use crate::realtime::holds::{HoldRequest, Holds};
+use crate::route::live::{self, LiveQueries};
+use crate::route::policy::{ChannelAction, Policies};
+use crate::route::presence;
+use crate::route::router::{
     Broadcast, CutOff, Member, Outbound, Router, SocketHandle, SocketId, SocketShared, TopicKey,
 };
 use crate::shutdown::Shutdown;
@@ -497,7 +497,7 @@ where
             self.send(state).await?;
         }
         if let Some(value) = self.ctx.live.as_ref().and_then(|l| l.current(&topic)) {
-            let update = aggregate::update(&value);
+            let update = live::update(&value);
             self.send(protocol::encode(
                 vsn,
                 None,
