@@ -308,8 +308,8 @@ pub struct Limits {
     #[arg(long, env = "PGRELAY_HEARTBEAT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub heartbeat_timeout: Duration,
 
-    /// Notifications buffered between the LISTEN session and the router. When full, the
-    /// listener stops reading and PostgreSQL's own queue absorbs the burst.
+    /// Changes buffered between the change-log reader and the router. When full, the reader
+    /// waits; the change log holds the rest.
     #[arg(long, env = "PGRELAY_CHANGE_BUFFER", default_value_t = 65_536)]
     pub change_buffer: usize,
 
@@ -318,11 +318,55 @@ pub struct Limits {
     #[arg(long, env = "PGRELAY_LISTENER_PROBE", default_value = "10s", value_parser = parse_duration)]
     pub listener_probe: Duration,
 
-    /// How often the relay sends itself a watermark marker through NOTIFY. After a LISTEN
-    /// disconnect it replays from the change log everything committed since the last marker
-    /// that came back; each marker is one small notifying commit.
-    #[arg(long, env = "PGRELAY_MARKER_INTERVAL", default_value = "1s", value_parser = parse_duration)]
-    pub marker_interval: Duration,
+    /// How changes reach the relay: `adaptive` (NOTIFY while writes are quiet, tail the change
+    /// log under write load), `notify` (always NOTIFY) or `tail` (never NOTIFY).
+    #[arg(long, env = "PGRELAY_INGEST", default_value = "adaptive", value_parser = parse_ingest_mode)]
+    pub ingest: IngestMode,
+
+    /// While tailing, time between two reads of the change log.
+    #[arg(long, env = "PGRELAY_TAIL_INTERVAL", default_value = "5ms", value_parser = parse_period)]
+    pub tail_interval: Duration,
+
+    /// `adaptive`: above this many committed transactions per second the relay tails the
+    /// change log and the triggers stop notifying; below a quarter of it for 5 s, they notify
+    /// again.
+    #[arg(long, env = "PGRELAY_TAIL_ABOVE", default_value_t = 200)]
+    pub tail_above: u32,
+}
+
+/// How committed changes reach the relay. The change log is always the source of every
+/// change; the modes differ only in what tells the relay to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestMode {
+    /// NOTIFY while writes are quiet (lowest latency, no reads while idle); tail the log when
+    /// the commit rate would make the NOTIFY commit lock the bottleneck.
+    Adaptive,
+    /// Every change's transaction sends a NOTIFY: the commit lock serializes notifying
+    /// commits cluster-wide.
+    Notify,
+    /// No NOTIFY at all: the relay reads the log every `tail_interval`.
+    Tail,
+}
+
+impl IngestMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngestMode::Adaptive => "adaptive",
+            IngestMode::Notify => "notify",
+            IngestMode::Tail => "tail",
+        }
+    }
+}
+
+pub fn parse_ingest_mode(s: &str) -> Result<IngestMode, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "adaptive" => Ok(IngestMode::Adaptive),
+        "notify" => Ok(IngestMode::Notify),
+        "tail" => Ok(IngestMode::Tail),
+        _ => Err(format!(
+            "invalid ingest mode {s:?}: use adaptive, notify or tail"
+        )),
+    }
 }
 
 impl Default for Limits {
@@ -342,7 +386,9 @@ impl Default for Limits {
             heartbeat_timeout: Duration::from_secs(60),
             change_buffer: 65_536,
             listener_probe: Duration::from_secs(10),
-            marker_interval: Duration::from_secs(1),
+            ingest: IngestMode::Adaptive,
+            tail_interval: Duration::from_millis(5),
+            tail_above: 200,
         }
     }
 }

@@ -75,6 +75,14 @@ pub struct Metrics {
     pub catchups_total: AtomicU64,
     pub catchup_changes_total: AtomicU64,
     pub gaps_total: AtomicU64,
+    /// Reads of the change log (every delivered change comes from one).
+    pub ingest_reads_total: AtomicU64,
+    /// Times `adaptive` turned the triggers' doorbell off or on.
+    pub ingest_switches_total: AtomicU64,
+    /// 1 while the relay tails the change log with the doorbell off, else 0.
+    pub ingest_tailing: AtomicU64,
+    /// `commit_timestamp` of the newest change handed to routing, in µs since the epoch.
+    pub newest_commit_micros: AtomicU64,
     /// Most frames ever waiting in one socket's queue.
     pub queue_high_water: AtomicU64,
     pub commit_to_send: Histogram,
@@ -89,6 +97,10 @@ pub struct Gauges {
     pub listening: bool,
     /// `pg_notification_queue_usage()`, when the database answered.
     pub notification_queue_usage: Option<f64>,
+    /// Backends waiting for the cluster-wide NOTIFY commit lock, when the database answered.
+    pub notify_lock_waiters: Option<u64>,
+    /// `PGRELAY_INGEST`.
+    pub ingest_mode: &'static str,
 }
 
 impl Metrics {
@@ -139,6 +151,51 @@ impl Metrics {
                 "pgrelay_pg_notification_queue_usage",
                 "pg_notification_queue_usage(): fraction of the cluster-wide NOTIFY queue in use.",
                 u,
+            );
+        }
+        if let Some(w) = g.notify_lock_waiters {
+            gauge(
+                &mut out,
+                "pgrelay_notify_lock_waiters",
+                "Backends waiting for the cluster-wide lock that notifying commits take (pg_locks, object 1262/0).",
+                w as f64,
+            );
+        }
+        let _ = writeln!(out, "# HELP pgrelay_ingest_mode PGRELAY_INGEST: 1 for the mode in use.");
+        let _ = writeln!(out, "# TYPE pgrelay_ingest_mode gauge");
+        for mode in ["adaptive", "notify", "tail"] {
+            let _ = writeln!(
+                out,
+                "pgrelay_ingest_mode{{mode=\"{mode}\"}} {}",
+                u8::from(mode == g.ingest_mode)
+            );
+        }
+        gauge(
+            &mut out,
+            "pgrelay_ingest_tailing",
+            "1 while the relay tails the change log with the triggers' NOTIFY off, 0 while they notify.",
+            self.ingest_tailing.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "pgrelay_ingest_reads_total",
+            "Reads of the change log (rate: tail polls per second).",
+            &self.ingest_reads_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_ingest_switches_total",
+            "Times the adaptive ingest turned the triggers' NOTIFY off or on.",
+            &self.ingest_switches_total,
+        );
+        let newest = self.newest_commit_micros.load(Ordering::Relaxed);
+        if newest > 0 {
+            let now = chrono::Utc::now().timestamp_micros() as f64;
+            gauge(
+                &mut out,
+                "pgrelay_ingest_lag_seconds",
+                "Now minus the commit time of the newest change handed to routing.",
+                ((now - newest as f64) / 1e6).max(0.0),
             );
         }
         gauge(
@@ -198,13 +255,13 @@ impl Metrics {
         counter(
             &mut out,
             "pgrelay_catchups_total",
-            "Catch-ups from the change log after a reconnect.",
+            "Reads of the change log right after the LISTEN session came back.",
             &self.catchups_total,
         );
         counter(
             &mut out,
             "pgrelay_catchup_changes_total",
-            "Changes delivered by catch-up.",
+            "Changes delivered by those reads.",
             &self.catchup_changes_total,
         );
         counter(

@@ -6,7 +6,6 @@
 //! decoded message that does not survive re-encoding, a filter whose hash-index key disagrees
 //! with its evaluation.
 
-use pgrelay::ingest::change::{self, ChangeError, Parsed};
 use pgrelay::protocol::{self, ProtocolError, Vsn};
 use pgrelay::route::filter::{self, FilterError};
 use serde_json::{json, Map, Value};
@@ -350,25 +349,4 @@ fn check_filter_error(e: &FilterError) {
         text.chars().count()
     );
     assert!(!e.code().is_empty());
-}
-
-// ---------------------------------------------------------------------------------------------
-// NOTIFY payloads
-
-/// A NOTIFY payload: a marker, a v1 change, or one of the two documented errors.
-pub fn check_payload(data: &[u8]) {
-    // NOTIFY payloads are text in the database encoding (UTF-8).
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    match change::parse_payload(text) {
-        Ok(Parsed::Marker(_)) => assert!(text.starts_with(change::MARKER_PREFIX)),
-        Ok(Parsed::Change(wire)) => {
-            assert!(!text.starts_with(change::MARKER_PREFIX));
-            assert_eq!(wire.v, 1);
-        }
-        Err(ChangeError::Malformed(m)) => assert!(!m.is_empty()),
-        Err(ChangeError::Version(v)) => assert_ne!(v, 1),
-        Err(other) => panic!("parse_payload({text:?}) did I/O-kind error {other:?}"),
-    }
 }

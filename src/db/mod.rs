@@ -376,17 +376,6 @@ fn logged(r: &tokio_postgres::Row) -> Result<LoggedChange, DbError> {
     })
 }
 
-/// One change by its `seq`, for a NOTIFY that carried only a reference.
-pub async fn read_change(pool: &Pool, seq: i64) -> Result<Option<LoggedChange>, DbError> {
-    let client = client(pool).await?;
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {LOG_COLUMNS} FROM pgrelay.change_log WHERE seq = $1"
-        ))
-        .await?;
-    let row = client.query_opt(&stmt, &[&seq]).await?;
-    row.as_ref().map(logged).transpose()
-}
 
 /// Every change committed after snapshot `after` and visible in snapshot `upto`, in an order
 /// consistent with commit order: transactions by their last `seq` (a transaction that saw
@@ -414,23 +403,13 @@ pub async fn read_window_keyed(
         .collect()
 }
 
-/// [`read_window_keyed`] without the keys.
-pub async fn read_window(
-    pool: &Pool,
-    after: &str,
-    upto: &str,
-) -> Result<Vec<LoggedChange>, DbError> {
-    Ok(read_window_keyed(pool, after, upto)
-        .await?
-        .into_iter()
-        .map(|(_, c)| c)
-        .collect())
-}
 
 /// Whether pruning may have removed a change committed after `snapshot`: true when some pruned
 /// change's transaction is not older than the snapshot's xmin (conservative).
-pub async fn pruned_past(pool: &Pool, snapshot: &str) -> Result<bool, DbError> {
-    let client = client(pool).await?;
+pub async fn pruned_past(
+    client: &tokio_postgres::Client,
+    snapshot: &str,
+) -> Result<bool, DbError> {
     let row = client
         .query_one(
             "SELECT coalesce(max_pruned_xid >= pg_snapshot_xmin($1::text::pg_snapshot), false) \
@@ -441,28 +420,22 @@ pub async fn pruned_past(pool: &Pool, snapshot: &str) -> Result<bool, DbError> {
     Ok(row.try_get(0)?)
 }
 
-/// Send a watermark marker on `channel` and return the snapshot it carries. The snapshot is
-/// taken at the start of the statement and the notification is queued at its commit, so every
-/// transaction visible in the snapshot is ahead of the marker in the NOTIFY queue.
-pub async fn send_marker(
-    pool: &Pool,
-    channel: &str,
-    relay: &str,
-    marker: u64,
-) -> Result<String, DbError> {
+
+/// Backends waiting for the lock that every notifying commit takes (`PreCommit_Notify`).
+pub async fn notify_lock_waiters(pool: &Pool) -> Result<u64, DbError> {
     let client = client(pool).await?;
-    let stmt = client
-        .prepare_cached(
-            "WITH s AS (SELECT pg_current_snapshot()::text AS snap) \
-             SELECT snap, pg_notify($1, format('{\"v\":1,\"marker\":%s,\"relay\":\"%s\",\"snapshot\":\"%s\"}', \
-                                             $3::int8, $2::text, snap)) FROM s",
-        )
-        .await?;
-    let marker = i64::try_from(marker).unwrap_or(i64::MAX);
-    let row = client
-        .query_one(&stmt, &[&channel, &relay, &marker])
-        .await?;
-    Ok(row.try_get(0)?)
+    // PreCommit_Notify locks object 0 of pg_database (class 1262) in database 0.
+    let row = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'object' AND database = 0 \
+             AND classid = 1262 AND objid = 0 AND NOT granted",
+            &[],
+        ),
+    )
+    .await
+    .map_err(|_| DbError::Pool("timed out".into()))??;
+    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
 }
 
 /// `pg_notification_queue_usage()`: the fraction of the cluster-wide NOTIFY queue in use.

@@ -25,9 +25,8 @@ use crate::db::cleanup;
 use crate::db::{self, DbError};
 use crate::http::sse;
 use crate::ingest::change::Catalog;
-use crate::ingest::dispatch::Dispatcher;
 use crate::ingest::listener::{self, ListenerConfig};
-use crate::ingest::watermark::{self, Markers};
+use crate::ingest::tail::{Reader, ReaderConfig};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::Vsn;
 use crate::protocol::TOPIC_PREFIX;
@@ -292,16 +291,18 @@ fn start_pipeline(
 ) -> Result<(), ServerError> {
     let router_for_live = router.clone();
     let limits = &config.limits;
-    let (events_tx, events_rx) = mpsc::channel(limits.change_buffer.max(1));
-    let markers = Arc::new(Markers::new(pool.clone(), config.channel.clone()));
+    // Doorbells are coalesced: a few in flight are as good as many.
+    let (events_tx, events_rx) = mpsc::channel(4);
     let mut listen_pg = db::pg_config(&config.database_url)?;
     // Named apart from the pool so a DBA can tell it in pg_stat_activity.
     listen_pg.application_name("pgrelay listener");
     let listener_cfg = ListenerConfig {
-        pg: listen_pg,
+        pg: listen_pg.clone(),
         channel: config.channel.clone(),
         probe_every: limits.listener_probe,
     };
+    let mut reader_pg = listen_pg;
+    reader_pg.application_name("pgrelay reader");
     let spawn = |task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
         let tracker = controller.tracker();
         tokio::spawn(async move {
@@ -309,23 +310,29 @@ fn start_pipeline(
             drop(tracker);
         });
     };
+    let listening = listening_tx.subscribe();
     spawn(Box::pin(listener::run(
         listener_cfg,
         events_tx,
         listening_tx,
         controller.subscribe(),
     )));
-    // Ingest hands changes to routing through a short queue: enough to keep both busy, and
-    // bounded so that routing falling behind pushes back on the listener.
-    let (deliveries_tx, deliveries_rx) = mpsc::channel(1024);
-    let dispatcher = Dispatcher::new(
+    // Ingest hands changes to routing through a bounded queue: routing falling behind makes
+    // the reader wait, and the change log holds the rest.
+    let (deliveries_tx, deliveries_rx) = mpsc::channel(limits.change_buffer.max(1));
+    let reader = Reader {
+        cfg: ReaderConfig {
+            pg: reader_pg,
+            mode: limits.ingest,
+            tail_interval: limits.tail_interval,
+            tail_above: limits.tail_above,
+        },
         catalog,
-        deliveries_tx,
-        pool.clone(),
-        metrics.clone(),
-        markers.clone(),
-        watermark_tx,
-    );
+        metrics: metrics.clone(),
+        out: deliveries_tx,
+        watermark: watermark_tx,
+        listening,
+    };
     let deliverer = Deliverer {
         router,
         metrics,
@@ -339,13 +346,8 @@ fn start_pipeline(
         router_for_live,
         controller.subscribe(),
     )));
-    spawn(Box::pin(dispatcher.run(events_rx)));
+    spawn(Box::pin(reader.run(events_rx, controller.subscribe())));
     spawn(Box::pin(deliverer.run(deliveries_rx)));
-    spawn(Box::pin(watermark::run(
-        markers,
-        limits.marker_interval,
-        controller.subscribe(),
-    )));
     spawn(Box::pin(cleanup::run_pruner(
         pool.clone(),
         config.retention,
@@ -403,12 +405,15 @@ fn routes(
                 let (connections, channels, bindings) = relay.router.counts();
                 let listening = *relay.listening.borrow();
                 let notification_queue_usage = db::notification_queue_usage(&relay.pool).await.ok();
+                let notify_lock_waiters = db::notify_lock_waiters(&relay.pool).await.ok();
                 let gauges = Gauges {
                     connections,
                     channels,
                     bindings,
                     listening,
                     notification_queue_usage,
+                    notify_lock_waiters,
+                    ingest_mode: relay.limits.ingest.as_str(),
                 };
                 warp::reply::with_header(
                     relay.metrics.render(&gauges),

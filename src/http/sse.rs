@@ -138,7 +138,8 @@ async fn feed(
 ) -> Result<(), FeedError> {
     let mut pos = match start {
         Some(p) => {
-            if db::pruned_past(pool, &p.lo).await? {
+            let client = db::client(pool).await?;
+            if db::pruned_past(&client, &p.lo).await? {
                 send(tx, system_event("error", GAP_MESSAGE)).await?;
             }
             // A position from another process (or one that is ahead of this relay's last

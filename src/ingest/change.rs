@@ -1,15 +1,14 @@
 //! `Change`: one row change as the triggers report it, decoded once, plus the per-table
 //! catalog (column names and types) that every `postgres_changes` event carries.
 //!
-//! A change is parsed from its NOTIFY payload exactly once and serialized into the event's
-//! `data` object exactly once; every subscriber's frame embeds that same text.
+//! A change is read from the change log exactly once and serialized into the event's `data`
+//! object exactly once; every subscriber's frame embeds that same text.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::db::{self, DbError};
@@ -17,8 +16,7 @@ use crate::db::{self, DbError};
 pub type Row = Map<String, Value>;
 
 /// The kind of row change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Insert,
     Update,
@@ -54,15 +52,11 @@ pub struct Change {
     pub info: Option<Arc<TableInfo>>,
 }
 
-/// Why a NOTIFY payload could not become a `Change`.
+/// Why a change-log row could not become a `Change`.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
-    #[error("payload is not a pgrelay change: {0}")]
+    #[error("change log row is not a pgrelay change: {0}")]
     Malformed(String),
-    #[error("unsupported payload version {0}")]
-    Version(u32),
-    #[error("change {0} is not in the change log (pruned?)")]
-    Missing(i64),
     #[error("table {schema}.{table} has no columns in the catalog (dropped?)")]
     UnknownTable { schema: String, table: String },
     #[error(transparent)]
@@ -73,115 +67,14 @@ impl ChangeError {
     pub fn code(&self) -> &'static str {
         match self {
             ChangeError::Malformed(_) => "MalformedPayload",
-            ChangeError::Version(_) => "UnsupportedPayloadVersion",
-            ChangeError::Missing(_) => "ChangeNotInLog",
             ChangeError::UnknownTable { .. } => "UnknownTable",
             ChangeError::Db(_) => "DatabaseError",
         }
     }
 }
 
-/// The payload the triggers send (triggers/000_notify_change.sql).
-#[derive(Debug, Deserialize)]
-pub struct Wire {
-    pub v: u32,
-    pub seq: i64,
-    pub schema: String,
-    pub table: String,
-    #[serde(rename = "type")]
-    pub op: Op,
-    pub commit_timestamp: String,
-    #[serde(default)]
-    pub record: Option<Row>,
-    #[serde(default)]
-    pub old_record: Option<Row>,
-    /// Set when the row was too large for NOTIFY: the full change is in the change log.
-    #[serde(default, rename = "ref")]
-    pub is_ref: bool,
-}
-
-/// A payload parsed without any I/O.
-#[derive(Debug)]
-pub enum Parsed {
-    Marker(Marker),
-    Change(Wire),
-}
-
-/// Parse a NOTIFY payload: pure, so it can be fuzzed; `decode` adds the I/O.
-///
-/// # Errors
-/// Not JSON of either shape, or a payload version this relay does not know.
-pub fn parse_payload(payload: &str) -> Result<Parsed, ChangeError> {
-    if payload.starts_with(MARKER_PREFIX) {
-        return serde_json::from_str(payload)
-            .map(Parsed::Marker)
-            .map_err(|e| ChangeError::Malformed(e.to_string()));
-    }
-    let wire: Wire =
-        serde_json::from_str(payload).map_err(|e| ChangeError::Malformed(e.to_string()))?;
-    if wire.v != 1 {
-        return Err(ChangeError::Version(wire.v));
-    }
-    Ok(Parsed::Change(wire))
-}
-
-/// A watermark marker: proof that every transaction visible in `snapshot` has been delivered,
-/// because the marker committed after the snapshot was taken and NOTIFY delivers in commit
-/// order. Sent by `watermark`; only the relay that sent it (`relay`) acts on it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Marker {
-    pub marker: u64,
-    pub relay: String,
-    /// `pg_snapshot` text, `xmin:xmax:xip,…`.
-    pub snapshot: String,
-}
-
-/// Markers are built by the relay's own SQL with exactly this prefix, so telling them from
-/// changes costs a prefix comparison.
-pub const MARKER_PREFIX: &str = "{\"v\":1,\"marker\":";
-
-/// What arrived on the channel.
-#[derive(Debug)]
-pub enum Notice {
-    Change(Change),
-    Marker(Marker),
-}
-
-/// Decode a NOTIFY payload: a [`Marker`], or a [`Change`] (reading the change log when the
-/// trigger sent only a reference) with the table's columns attached.
-///
-/// # Errors
-/// A payload that is not a pgrelay change, a reference whose log row is gone, or a database
-/// error while reading the log or the catalog.
-pub async fn decode(payload: &str, catalog: &Catalog) -> Result<Notice, ChangeError> {
-    let wire = match parse_payload(payload)? {
-        Parsed::Marker(m) => return Ok(Notice::Marker(m)),
-        Parsed::Change(wire) => wire,
-    };
-    let (record, old_record) = if wire.is_ref {
-        let logged = db::read_change(&catalog.pool, wire.seq)
-            .await?
-            .ok_or(ChangeError::Missing(wire.seq))?;
-        (as_row(logged.record), as_row(logged.old_record))
-    } else {
-        (wire.record, wire.old_record)
-    };
-    let change = Change {
-        seq: wire.seq,
-        schema: wire.schema,
-        table: wire.table,
-        op: wire.op,
-        commit_timestamp: wire.commit_timestamp,
-        record,
-        old_record,
-        data: String::new(),
-        info: None,
-    };
-    change.finish(catalog).await.map(Notice::Change)
-}
-
 impl Change {
-    /// A change read back from the change log (catch-up, server-sent events).
+    /// A change read from the change log: every change the relay delivers is one.
     pub async fn from_log(row: db::LoggedChange, catalog: &Catalog) -> Result<Change, ChangeError> {
         let op = match row.op.as_str() {
             "INSERT" => Op::Insert,
@@ -464,37 +357,6 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wire_payload_decodes() {
-        let w: Wire = serde_json::from_str(
-            r#"{"v":1,"seq":1042,"schema":"public","table":"polls","type":"UPDATE",
-                "commit_timestamp":"2026-11-27T10:00:00.123Z",
-                "record":{"id":7,"status":"closed"},"old_record":{"id":7,"status":"active"}}"#,
-        )
-        .unwrap();
-        assert_eq!(w.seq, 1042);
-        assert_eq!(w.op, Op::Update);
-        assert!(!w.is_ref);
-        assert_eq!(w.record.unwrap()["status"], "closed");
-        assert_eq!(w.old_record.unwrap()["status"], "active");
-        let r: Wire = serde_json::from_str(
-            r#"{"v":1,"seq":5,"schema":"public","table":"polls","type":"DELETE",
-                "commit_timestamp":"x","ref":true}"#,
-        )
-        .unwrap();
-        assert!(r.is_ref && r.record.is_none());
-        assert!(serde_json::from_str::<Wire>(r#"{"v":1,"seq":5,"type":"TRUNCATE"}"#).is_err());
-    }
-
-    #[test]
-    fn markers_are_told_apart_by_prefix() {
-        let text = r#"{"v":1,"marker":7,"relay":"r1","snapshot":"10:12:11"}"#;
-        assert!(text.starts_with(MARKER_PREFIX));
-        let m: Marker = serde_json::from_str(text).unwrap();
-        assert_eq!(m.marker, 7);
-        assert_eq!(m.snapshot, "10:12:11");
-    }
 
     #[test]
     fn data_json_has_supabase_shape() {

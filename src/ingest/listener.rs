@@ -1,6 +1,12 @@
 //! The one dedicated LISTEN session: connect, `LISTEN`, read notifications continuously, probe
 //! for liveness, and reconnect with capped backoff.
 //!
+//! A notification is only a doorbell: it tells the change-log reader to read now. Its payload
+//! is ignored, because any role that can connect can NOTIFY on our channel; what is delivered
+//! is read from the change log. Doorbells are coalesced: while one is waiting to be handled,
+//! more add nothing, so a flood of forged notifications costs reads of the log, back to back
+//! at most, and never a growing buffer.
+//!
 //! tokio-postgres's `Connection` future drops notifications when simply awaited, so this module
 //! drives `poll_message` itself and treats `None`/`Err` as the end of the session. The session
 //! is never taken from the pool and never runs a transaction or a write: an open transaction
@@ -8,24 +14,22 @@
 //!
 //! Lifecycle: `run` loops over sessions until shutdown. Each session ends on a connection
 //! error, a failed probe, or shutdown. Every successful `LISTEN` is reported downstream as
-//! [`Event::Listening`], in order after every notification of the previous session, so the
-//! dispatcher can catch up on what the gap let through.
+//! [`Event::Listening`], so the reader reads at once what committed while no one listened.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
-use tracing::{debug, info, trace, warn};
+use tracing::{info, trace, warn};
 
 use crate::shutdown::Shutdown;
 
-/// What the listener hands to the dispatcher, in order.
+/// What the listener hands to the change-log reader, in order.
 #[derive(Debug)]
 pub enum Event {
-    /// A NOTIFY payload on our channel.
-    Notification(String),
+    /// Something was committed: read the change log.
+    Doorbell,
     /// LISTEN is active. `after_loss` is how long no session was listening, when this one
     /// replaces a lost one; `None` for the first session.
     Listening { after_loss: Option<Duration> },
@@ -100,27 +104,15 @@ async fn session(
     backoff: &mut Duration,
 ) -> Result<(), ListenError> {
     let (client, mut conn) = cfg.pg.connect(NoTls).await?;
-    // Set while the driver waits for room in the dispatcher's buffer. The connection is not
-    // polled meanwhile, so a probe cannot be answered: that is back-pressure, not a dead link.
-    let blocked = AtomicBool::new(false);
-
     let driver = async {
         loop {
             match poll_fn(|cx| conn.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    trace!(pid = n.process_id(), "notification");
-                    let event = Event::Notification(n.payload().to_owned());
-                    let event = match tx.try_send(event) {
-                        Ok(()) => continue,
+                    trace!(pid = n.process_id(), "doorbell");
+                    match tx.try_send(Event::Doorbell) {
+                        // Full: a doorbell is already waiting, and one read covers both.
+                        Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
                         Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-                        Err(mpsc::error::TrySendError::Full(event)) => event,
-                    };
-                    warn!("change buffer full: the router is behind, pausing reads");
-                    blocked.store(true, Ordering::Relaxed);
-                    let sent = tx.send(event).await;
-                    blocked.store(false, Ordering::Relaxed);
-                    if sent.is_err() {
-                        return Ok(());
                     }
                 }
                 Some(Ok(AsyncMessage::Notice(n))) => {
@@ -156,9 +148,6 @@ async fn session(
                         warn!(usage, error_code = "NotifyQueueFilling",
                               "the cluster-wide NOTIFY queue is filling: a listener somewhere is not reading (or a transaction on its session stays open); notifying commits fail when it is full");
                     }
-                }
-                Err(_) if blocked.load(Ordering::Relaxed) => {
-                    debug!("probe delayed by back-pressure; session still considered alive")
                 }
                 Err(_) => return Err(ListenError::ProbeTimeout(cfg.probe_every)),
             }

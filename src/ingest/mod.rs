@@ -1,17 +1,16 @@
 //! Ingest: from PostgreSQL to one ordered stream of decoded changes.
 //!
-//! The [`listener`] holds the one LISTEN session; [`change`] decodes a trigger's payload
-//! once, with the per-table column cache; [`watermark`] markers prove which changes came
-//! through; the [`dispatch`]er orders, de-duplicates and, after a lost session, catches up
-//! from the change log before any live change that follows.
+//! The triggers write every change to `pgrelay.change_log`; the [`tail`] reader reads it by
+//! snapshot, exactly once and in commit-consistent order, woken by the [`listener`]'s
+//! doorbells while writes are quiet and by a timer under write load. [`change`] turns a
+//! log row into a `Change` once, with the per-table column cache.
 //!
 //! May use: `db`, `config`, `metrics`, `protocol`, `shutdown`. Nothing here knows about
 //! sockets or subscriptions: the stream is handed to `route` through a channel.
 
 pub mod change;
-pub mod dispatch;
 pub mod listener;
-pub mod watermark;
+pub mod tail;
 
 use change::Change;
 
@@ -20,8 +19,8 @@ use change::Change;
 pub enum Delivery {
     /// A committed row change.
     Change(Change),
-    /// Changes may have been lost (the change log was pruned past what the relay had read,
-    /// or it could not be read after an outage): subscribers should refetch.
+    /// Changes may have been lost (the change log was pruned past what the relay had read):
+    /// subscribers should refetch.
     Gap,
 }
 

@@ -391,9 +391,11 @@ async fn commit_order_across_concurrent_transactions() {
 
 #[tokio::test]
 async fn slow_client_is_cut_off_while_another_receives_everything() {
+    // Queues that hold a read's worth of these rows (the relay reads the change log in
+    // batches, so a few commits can arrive at once) but nothing like the whole run.
     let relay = start_relay_with(|c| {
-        c.limits.socket_queue = 16;
-        c.limits.socket_queue_bytes = 64 * 1024;
+        c.limits.socket_queue = 64;
+        c.limits.socket_queue_bytes = 1024 * 1024;
     })
     .await;
     let db = relay.db().await;
@@ -437,7 +439,7 @@ async fn slow_client_is_cut_off_while_another_receives_everything() {
     });
 
     // Large rows, so that kernel socket buffers hold few of them and the relay's own queue
-    // (16 frames, 64 KiB) is what overflows.
+    // (64 frames, 1 MiB) is what overflows.
     let total = 400;
     let writer = tokio::spawn(async move {
         let filler = "x".repeat(60_000);
