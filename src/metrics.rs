@@ -161,7 +161,10 @@ impl Metrics {
                 w as f64,
             );
         }
-        let _ = writeln!(out, "# HELP pgrelay_ingest_mode PGRELAY_INGEST: 1 for the mode in use.");
+        let _ = writeln!(
+            out,
+            "# HELP pgrelay_ingest_mode PGRELAY_INGEST: 1 for the mode in use."
+        );
         let _ = writeln!(out, "# TYPE pgrelay_ingest_mode gauge");
         for mode in ["adaptive", "notify", "tail"] {
             let _ = writeln!(

@@ -376,7 +376,6 @@ fn logged(r: &tokio_postgres::Row) -> Result<LoggedChange, DbError> {
     })
 }
 
-
 /// Every change committed after snapshot `after` and visible in snapshot `upto`, in an order
 /// consistent with commit order: transactions by their last `seq` (a transaction that saw
 /// another's commit allocated all its sequence numbers after that one's), changes within a
@@ -403,13 +402,9 @@ pub async fn read_window_keyed(
         .collect()
 }
 
-
 /// Whether pruning may have removed a change committed after `snapshot`: true when some pruned
 /// change's transaction is not older than the snapshot's xmin (conservative).
-pub async fn pruned_past(
-    client: &tokio_postgres::Client,
-    snapshot: &str,
-) -> Result<bool, DbError> {
+pub async fn pruned_past(client: &tokio_postgres::Client, snapshot: &str) -> Result<bool, DbError> {
     let row = client
         .query_one(
             "SELECT coalesce(max_pruned_xid >= pg_snapshot_xmin($1::text::pg_snapshot), false) \
@@ -419,7 +414,6 @@ pub async fn pruned_past(
         .await?;
     Ok(row.try_get(0)?)
 }
-
 
 /// Backends waiting for the lock that every notifying commit takes (`PreCommit_Notify`).
 pub async fn notify_lock_waiters(pool: &Pool) -> Result<u64, DbError> {

@@ -207,8 +207,14 @@ impl Reader {
             }
         }
         match self.cfg.mode {
-            IngestMode::Notify => self.set_doorbell(&client, state, true, "mode notify").await?,
-            IngestMode::Tail => self.set_doorbell(&client, state, false, "mode tail").await?,
+            IngestMode::Notify => {
+                self.set_doorbell(&client, state, true, "mode notify")
+                    .await?
+            }
+            IngestMode::Tail => {
+                self.set_doorbell(&client, state, false, "mode tail")
+                    .await?
+            }
             IngestMode::Adaptive => {}
         }
         loop {
@@ -247,7 +253,9 @@ impl Reader {
             SAFETY_READ
         };
         match (state.watermark_pending, state.last_watermark) {
-            (true, Some(at)) => wait.min((at + WATERMARK_EVERY).saturating_duration_since(Instant::now())),
+            (true, Some(at)) => {
+                wait.min((at + WATERMARK_EVERY).saturating_duration_since(Instant::now()))
+            }
             _ => wait,
         }
     }
@@ -332,7 +340,9 @@ impl Reader {
             state.last_watermark = Some(Instant::now());
             state.watermark_pending = false;
         } else if !state.watermark_pending
-            && state.last_watermark.is_some_and(|at| at.elapsed() >= Duration::from_secs(1))
+            && state
+                .last_watermark
+                .is_some_and(|at| at.elapsed() >= Duration::from_secs(1))
         {
             // Keep idle streams' positions fresh, so a reconnect resumes from a recent point.
             self.watermark.send_replace(state.prev.clone());
@@ -393,10 +403,9 @@ impl Reader {
         let was = state.doorbell;
         state.doorbell = on;
         state.settling_until = if on { snapshot_xmax(&snap) } else { None };
-        self.metrics.ingest_tailing.store(
-            u64::from(!on),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.metrics
+            .ingest_tailing
+            .store(u64::from(!on), std::sync::atomic::Ordering::Relaxed);
         if was != on {
             Metrics::inc(&self.metrics.ingest_switches_total);
             info!(

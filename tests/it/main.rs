@@ -17,6 +17,7 @@ mod filters;
 mod fuzz;
 mod holds;
 mod hostile;
+mod ingest;
 mod inspector;
 mod lifecycle;
 mod live;
