@@ -37,7 +37,8 @@ use crate::realtime::ws;
 use crate::route::deliver::Deliverer;
 use crate::route::live::{self, LiveQueries};
 use crate::route::policy::{ChannelAction, Policies};
-use crate::route::router::{Broadcast, Router, TopicKey};
+use crate::route::router::Router;
+use crate::route::topic::{Broadcast, TopicKey};
 use crate::shutdown::{Shutdown, ShutdownController, Tracker};
 
 /// How long shutdown waits for sockets to say goodbye and tasks to finish.

@@ -24,7 +24,7 @@ use crate::db::{self, DbError};
 use crate::ingest::change::{Catalog, Change};
 use crate::ingest::GAP_MESSAGE;
 use crate::realtime::channel;
-use crate::route::router::NewBinding;
+use crate::route::bindings::NewBinding;
 
 /// Events buffered per SSE client; a client that falls this far behind blocks only its own
 /// reader task (which then reads the log later, losing nothing).

@@ -11,9 +11,10 @@ use serde_json::{Map, Value};
 
 use crate::auth::Claims;
 use crate::ingest::change::{Catalog, Op};
+use crate::route::bindings::{Hidden, NewBinding, Scope};
 use crate::route::filter;
 use crate::route::policy::Policies;
-use crate::route::router::{Hidden, NewBinding, Scope, TopicKey};
+use crate::route::topic::TopicKey;
 
 /// A channel this socket has joined.
 #[derive(Debug)]

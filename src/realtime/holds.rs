@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::db::{self, DbError};
-use crate::route::router::SocketId;
+use crate::route::queue::SocketId;
 use crate::shutdown::Shutdown;
 
 /// What a track on the hold channel asks for.

@@ -32,9 +32,9 @@ use crate::realtime::holds::{HoldRequest, Holds};
 use crate::route::live::{self, LiveQueries};
 use crate::route::policy::{ChannelAction, Policies};
 use crate::route::presence;
-use crate::route::router::{
-    Broadcast, CutOff, Member, Outbound, Router, SocketHandle, SocketId, SocketShared, TopicKey,
-};
+use crate::route::queue::{CutOff, Outbound, SocketHandle, SocketId, SocketShared};
+use crate::route::router::Router;
+use crate::route::topic::{Broadcast, Member, TopicKey};
 use crate::shutdown::Shutdown;
 
 /// A write that takes longer than this means the client stopped reading; the socket is closed

@@ -17,7 +17,8 @@ use tracing::{debug, warn};
 
 use crate::db::{self, DbError};
 use crate::protocol::TOPIC_PREFIX;
-use crate::route::router::{Broadcast, Router, TopicKey};
+use crate::route::router::Router;
+use crate::route::topic::{Broadcast, TopicKey};
 use crate::shutdown::Shutdown;
 
 /// One live query.

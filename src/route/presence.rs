@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value};
 
-use crate::route::router::SocketId;
+use crate::route::queue::SocketId;
 
 /// One tracked presence: the client's payload plus its unique `phx_ref`.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,197 +1,23 @@
-//! The subscription index and fan-out: which (socket, channel, binding ids) a [`Change`] goes
-//! to, and putting the frames on those sockets' queues.
+//! The registry of sockets and topics, and the fan-out onto the sockets' queues: a change to
+//! the channels whose `postgres_changes` bindings match it (found by the
+//! [`bindings`](crate::route::bindings) index), a broadcast or a presence diff to the members
+//! of its topic.
 //!
-//! Bindings are deduplicated: sockets that subscribe with the same (schema, table, event,
-//! filter) share one entry, so its filter runs once per change however many sockets hold it.
-//! Bindings that are a single `column=eq.value` are found by hash lookup on the row's value,
-//! so 10,000 per-row subscriptions cost what the matching ones cost, not a scan.
 //! Delivery never waits on a client: frames go onto each socket's bounded queue with
 //! `try_send`, and a socket whose queue is full is cut off.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{mpsc, Notify};
-
-use crate::ingest::change::{Change, Op, Row};
+use crate::ingest::change::Change;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Vsn};
-use crate::route::filter::{self, BoundFilter, IndexKey};
-use crate::route::presence::TopicPresence;
-
-pub type SocketId = u64;
-
-/// Text frame bytes, shared: cloning one for another socket is a reference count, and the
-/// socket hands the same bytes to the WebSocket without copying them.
-pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
-
-/// A frame waiting in a socket's queue. Text is shared by every socket that gets the same
-/// (topic, ids) group: it is serialized once.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    Text(Frame),
-    /// A binary broadcast (kind 4), for vsn 2.0.0 sockets.
-    Binary(bytes::Bytes),
-}
-
-impl Outbound {
-    pub fn len(&self) -> usize {
-        match self {
-            Outbound::Text(t) => t.len(),
-            Outbound::Binary(b) => b.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Why the relay closed a socket on its own initiative.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CutOff {
-    /// WebSocket close code.
-    pub code: u16,
-    /// Stable PascalCase code (ERROR_CODES.md).
-    pub error_code: &'static str,
-    /// Human-readable reason, sent in the `system` message and the close frame.
-    pub reason: &'static str,
-}
-
-pub const SLOW_CONSUMER: CutOff = CutOff {
-    code: 1008,
-    error_code: "SlowConsumer",
-    reason: "Client is too slow: its outbound queue is full",
+use crate::route::bindings::{BindingId, Bindings, NewBinding};
+use crate::route::queue::{
+    try_queue, Frame, Outbound, SocketHandle, SocketId, SocketShared, SLOW_CONSUMER,
 };
-
-/// State shared between the router (producer) and one socket task (consumer).
-#[derive(Debug, Default)]
-pub struct SocketShared {
-    /// Bytes sitting in the queue; the router adds, the socket subtracts after writing.
-    pub queued_bytes: AtomicUsize,
-    cutoff: Mutex<Option<CutOff>>,
-    cutoff_notify: Notify,
-}
-
-impl SocketShared {
-    /// Ask the socket task to close with `why`. The first reason wins.
-    pub fn cut_off(&self, why: CutOff) {
-        {
-            let mut slot = self.cutoff.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.is_some() {
-                return;
-            }
-            *slot = Some(why);
-        }
-        // notify_one stores a permit if the socket is not waiting right now.
-        self.cutoff_notify.notify_one();
-    }
-
-    /// Completes when the socket has been cut off; returns why.
-    pub async fn cut(&self) -> CutOff {
-        loop {
-            if let Some(why) = *self.cutoff.lock().unwrap_or_else(|p| p.into_inner()) {
-                return why;
-            }
-            self.cutoff_notify.notified().await;
-        }
-    }
-}
-
-/// The router's view of a socket.
-#[derive(Debug)]
-pub struct SocketHandle {
-    pub vsn: Vsn,
-    pub tx: mpsc::Sender<Outbound>,
-    pub shared: Arc<SocketShared>,
-    pub max_queued_bytes: usize,
-}
-
-/// Which rows a binding wants, once validated.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Scope {
-    Table {
-        schema: String,
-        table: String,
-    },
-    /// `table: "*"`: every published table of a schema (`None`: of every schema).
-    Wildcard {
-        schema: Option<String>,
-    },
-}
-
-/// Columns a subscriber may not see (read policies), sorted; empty for most.
-pub type Hidden = Arc<[String]>;
-
-/// A validated `postgres_changes` binding ready to index.
-#[derive(Debug)]
-pub struct NewBinding {
-    pub scope: Scope,
-    /// `None` for `*`.
-    pub event: Option<Op>,
-    /// Canonical filter text: the dedup key, together with scope and event.
-    pub filter_text: String,
-    pub filter: Option<BoundFilter>,
-    /// Typename of the column of a single `eq` filter, when it is indexable.
-    pub eq_type: Option<String>,
-    /// Columns removed from the events this binding delivers (part of its identity).
-    pub hidden: Hidden,
-    /// Id echoed in the join reply and carried in events.
-    pub id: u32,
-}
-
-impl NewBinding {
-    /// Whether this binding wants `change` (for readers outside the router: server-sent
-    /// events).
-    pub fn matches(&self, change: &Change) -> bool {
-        let in_scope = match &self.scope {
-            Scope::Table { schema, table } => *schema == change.schema && *table == change.table,
-            Scope::Wildcard { schema } => schema.as_ref().is_none_or(|s| *s == change.schema),
-        };
-        in_scope
-            && self.event.is_none_or(|e| e == change.op)
-            && matches(self.filter.as_ref(), change)
-    }
-
-    /// The event's `data` as this binding's subscriber may see it.
-    pub fn data<'c>(&self, change: &'c Change) -> std::borrow::Cow<'c, str> {
-        if self.hidden.is_empty() {
-            std::borrow::Cow::Borrowed(&change.data)
-        } else {
-            std::borrow::Cow::Owned(change.data_hiding(&self.hidden))
-        }
-    }
-}
-
-type BindingId = u64;
-type SubKey = (SocketId, Arc<str>);
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct BindingKey {
-    scope: Scope,
-    event: Option<Op>,
-    filter_text: String,
-    hidden: Hidden,
-}
-
-#[derive(Debug)]
-struct Binding {
-    key: BindingKey,
-    filter: Option<BoundFilter>,
-    /// Where it sits in the table index, for removal.
-    eq: Option<(String, IndexKey)>,
-    /// Channels holding it, with their ids (several when bindings differ only in `select`).
-    subs: HashMap<SubKey, Vec<u32>>,
-}
-
-#[derive(Debug, Default)]
-struct TableIndex {
-    /// Bindings evaluated against every change of the table.
-    scan: Vec<BindingId>,
-    /// column → (typname, value → bindings): single-`eq` bindings found by lookup.
-    eq: HashMap<String, (String, HashMap<IndexKey, Vec<BindingId>>)>,
-}
+use crate::route::topic::{Broadcast, Member, Topic, TopicKey};
 
 #[derive(Debug, Default)]
 struct SocketEntry {
@@ -202,51 +28,13 @@ struct SocketEntry {
     topics: Vec<TopicKey>,
 }
 
-/// Identifies a topic for broadcast and presence: a private and a public channel of the same
-/// name are different topics (as in Supabase), so they never see each other's messages.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TopicKey {
-    pub private: bool,
-    /// The wire topic, `realtime:<name>`.
-    pub topic: Arc<str>,
-}
-
-/// A channel's membership in its topic.
-#[derive(Debug, Clone)]
-pub struct Member {
-    /// Receives presence diffs (presence enabled, or tracked).
-    pub presence: bool,
-    /// Receives its own broadcasts (`config.broadcast.self`).
-    pub broadcast_self: bool,
-}
-
-#[derive(Debug, Default)]
-struct Topic {
-    members: HashMap<SocketId, Member>,
-    presence: TopicPresence,
-}
-
-/// A broadcast to fan out.
-#[derive(Debug)]
-pub enum Broadcast {
-    /// `{"type":"broadcast","event":…,"payload":…}` as JSON text, for every member.
-    Json(String),
-    /// A raw binary payload: kind 4 to vsn 2.0.0 members; vsn 1.0.0 cannot carry it.
-    Binary {
-        event: String,
-        payload: bytes::Bytes,
-    },
-}
-
+/// Everything behind the router's lock.
 #[derive(Debug, Default)]
 struct State {
     sockets: HashMap<SocketId, SocketEntry>,
     topics: HashMap<TopicKey, Topic>,
-    keys: HashMap<BindingKey, BindingId>,
-    bindings: HashMap<BindingId, Binding>,
-    tables: HashMap<(String, String), TableIndex>,
-    wildcards: Vec<BindingId>,
-    next_binding: BindingId,
+    /// Every channel's `postgres_changes` bindings.
+    bindings: Bindings,
 }
 
 /// The subscription index. One per relay; shared by the dispatcher and every socket task.
@@ -255,16 +43,6 @@ pub struct Router {
     state: Mutex<State>,
     next_socket: AtomicU64,
     metrics: Arc<Metrics>,
-}
-
-/// What makes two deliveries of one change the same frame: serializer, topic, binding ids and
-/// the columns hidden from the subscriber.
-type FrameKey<'a> = (Vsn, &'a str, Vec<u32>, &'a [String]);
-
-/// One planned delivery: a frame for one socket.
-struct Delivery {
-    socket: SocketId,
-    frame: Frame,
 }
 
 impl Router {
@@ -304,7 +82,7 @@ impl Router {
                 return;
             };
             for (topic, ids) in entry.channels {
-                st.unsubscribe_ids(socket, &topic, ids);
+                st.bindings.unsubscribe(socket, &topic, ids);
             }
             entry.topics
         };
@@ -476,22 +254,14 @@ impl Router {
             .get_mut(&socket)
             .and_then(|e| e.channels.remove(topic));
         if let Some(old) = old {
-            st.unsubscribe_ids(socket, topic, old);
+            st.bindings.unsubscribe(socket, topic, old);
         }
         if !st.sockets.contains_key(&socket) {
             return;
         }
         let mut held = Vec::with_capacity(bindings.len());
         for b in bindings {
-            let sub_id = b.id;
-            let id = st.binding_for(b);
-            if let Some(binding) = st.bindings.get_mut(&id) {
-                binding
-                    .subs
-                    .entry((socket, topic.clone()))
-                    .or_default()
-                    .push(sub_id);
-            }
+            let id = st.bindings.subscribe(socket, topic, b);
             if !held.contains(&id) {
                 held.push(id);
             }
@@ -509,7 +279,7 @@ impl Router {
             .get_mut(&socket)
             .and_then(|e| e.channels.remove(topic));
         if let Some(held) = held {
-            st.unsubscribe_ids(socket, topic, held);
+            st.bindings.unsubscribe(socket, topic, held);
         }
     }
 
@@ -519,7 +289,13 @@ impl Router {
         let mut delivered = 0u64;
         {
             let st = self.lock();
-            for d in st.plan(change) {
+            let vsn_of = |socket| {
+                st.sockets
+                    .get(&socket)
+                    .and_then(|e| e.handle.as_ref())
+                    .map(|h| h.vsn)
+            };
+            for d in st.bindings.plan(change, vsn_of) {
                 let Some(handle) = st.sockets.get(&d.socket).and_then(|e| e.handle.as_ref()) else {
                     continue;
                 };
@@ -575,21 +351,6 @@ impl Router {
     }
 }
 
-/// Queue a frame without waiting. False when the socket's queue (messages or bytes) is full.
-fn try_queue(handle: &SocketHandle, out: Outbound, metrics: &Metrics) -> bool {
-    let len = out.len();
-    let before = handle.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
-    if before + len > handle.max_queued_bytes || handle.tx.try_send(out).is_err() {
-        handle.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-        return false;
-    }
-    let queued = handle.tx.max_capacity() - handle.tx.capacity();
-    metrics
-        .queue_high_water
-        .fetch_max(queued as u64, Ordering::Relaxed);
-    true
-}
-
 impl State {
     /// Queue a presence diff to every presence member of a topic.
     fn fan_out_diff(
@@ -630,250 +391,30 @@ impl State {
             }
         }
     }
-
-    fn binding_for(&mut self, b: NewBinding) -> BindingId {
-        let NewBinding {
-            scope,
-            event,
-            filter_text,
-            filter,
-            eq_type,
-            hidden,
-            ..
-        } = b;
-        let key = BindingKey {
-            scope,
-            event,
-            filter_text,
-            hidden,
-        };
-        if let Some(&id) = self.keys.get(&key) {
-            return id;
-        }
-        self.next_binding += 1;
-        let id = self.next_binding;
-        let eq = match (&filter, &eq_type) {
-            (Some(f), Some(_)) => f.eq_index().map(|(col, k)| (col.to_owned(), k.clone())),
-            _ => None,
-        };
-        match &key.scope {
-            Scope::Table { schema, table } => {
-                let index = self
-                    .tables
-                    .entry((schema.clone(), table.clone()))
-                    .or_default();
-                match (&eq, eq_type) {
-                    (Some((col, k)), Some(typ)) => index
-                        .eq
-                        .entry(col.clone())
-                        .or_insert_with(|| (typ, HashMap::new()))
-                        .1
-                        .entry(k.clone())
-                        .or_default()
-                        .push(id),
-                    _ => index.scan.push(id),
-                }
-            }
-            Scope::Wildcard { .. } => self.wildcards.push(id),
-        }
-        self.keys.insert(key.clone(), id);
-        self.bindings.insert(
-            id,
-            Binding {
-                key,
-                filter,
-                eq,
-                subs: HashMap::new(),
-            },
-        );
-        id
-    }
-
-    fn unsubscribe_ids(&mut self, socket: SocketId, topic: &str, held: Vec<BindingId>) {
-        for id in held {
-            let empty = match self.bindings.get_mut(&id) {
-                Some(b) => {
-                    b.subs.remove(&(socket, Arc::<str>::from(topic)));
-                    b.subs.is_empty()
-                }
-                None => false,
-            };
-            if empty {
-                self.drop_binding(id);
-            }
-        }
-    }
-
-    fn drop_binding(&mut self, id: BindingId) {
-        let Some(b) = self.bindings.remove(&id) else {
-            return;
-        };
-        self.keys.remove(&b.key);
-        match &b.key.scope {
-            Scope::Table { schema, table } => {
-                let tkey = (schema.clone(), table.clone());
-                if let Some(index) = self.tables.get_mut(&tkey) {
-                    match &b.eq {
-                        Some((col, k)) => {
-                            if let Some((_, by_value)) = index.eq.get_mut(col) {
-                                if let Some(ids) = by_value.get_mut(k) {
-                                    ids.retain(|&x| x != id);
-                                    if ids.is_empty() {
-                                        by_value.remove(k);
-                                    }
-                                }
-                                if by_value.is_empty() {
-                                    index.eq.remove(col);
-                                }
-                            }
-                        }
-                        None => index.scan.retain(|&x| x != id),
-                    }
-                    if index.scan.is_empty() && index.eq.is_empty() {
-                        self.tables.remove(&tkey);
-                    }
-                }
-            }
-            Scope::Wildcard { .. } => self.wildcards.retain(|&x| x != id),
-        }
-    }
-
-    /// Bindings that match a change, then one frame per (vsn, topic, ids) group.
-    fn plan(&self, change: &Change) -> Vec<Delivery> {
-        let mut candidates: Vec<BindingId> = Vec::new();
-        if let Some(index) = self
-            .tables
-            .get(&(change.schema.clone(), change.table.clone()))
-        {
-            candidates.extend_from_slice(&index.scan);
-            for (col, (typ, by_value)) in &index.eq {
-                let mut push_row = |row: Option<&Row>| {
-                    let key = row
-                        .and_then(|r| r.get(col))
-                        .and_then(|v| filter::index_key(typ, v));
-                    if let Some(ids) = key.and_then(|k| by_value.get(&k)) {
-                        candidates.extend_from_slice(ids);
-                    }
-                };
-                push_row(change.record.as_ref());
-                push_row(change.old_record.as_ref());
-            }
-        }
-        for &id in &self.wildcards {
-            if let Some(b) = self.bindings.get(&id) {
-                if let Scope::Wildcard { schema } = &b.key.scope {
-                    if schema.as_ref().is_none_or(|s| *s == change.schema) {
-                        candidates.push(id);
-                    }
-                }
-            }
-        }
-        candidates.sort_unstable();
-        candidates.dedup();
-
-        // (socket, topic, id, hidden columns) for every subscription of every matching binding.
-        let mut hits: Vec<(SocketId, &Arc<str>, u32, &Hidden)> = Vec::new();
-        for id in candidates {
-            let Some(b) = self.bindings.get(&id) else {
-                continue;
-            };
-            if b.key.event.is_some_and(|e| e != change.op) {
-                continue;
-            }
-            // Indexed bindings were found by their value: no need to evaluate them again.
-            if b.eq.is_none() && !matches(b.filter.as_ref(), change) {
-                continue;
-            }
-            for ((socket, topic), ids) in &b.subs {
-                for &sub_id in ids {
-                    hits.push((*socket, topic, sub_id, &b.key.hidden));
-                }
-            }
-        }
-        if hits.is_empty() {
-            return Vec::new();
-        }
-        hits.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
-        hits.dedup_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2));
-
-        // A channel's bindings on one table share its subscriber's hidden columns (wildcards
-        // are refused where policies apply), so a group's first hit speaks for the group.
-        let mut redacted: Vec<(&Hidden, String)> = Vec::new();
-        let mut frames: HashMap<FrameKey<'_>, Frame> = HashMap::new();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < hits.len() {
-            let (socket, topic, _, hidden) = hits[i];
-            let mut ids = Vec::new();
-            while i < hits.len() && hits[i].0 == socket && hits[i].1 == topic {
-                ids.push(hits[i].2);
-                i += 1;
-            }
-            let Some(vsn) = self
-                .sockets
-                .get(&socket)
-                .and_then(|e| e.handle.as_ref())
-                .map(|h| h.vsn)
-            else {
-                continue;
-            };
-            let data: &str = if hidden.is_empty() {
-                &change.data
-            } else {
-                let at = match redacted.iter().position(|(h, _)| *h == hidden) {
-                    Some(at) => at,
-                    None => {
-                        redacted.push((hidden, change.data_hiding(hidden)));
-                        redacted.len() - 1
-                    }
-                };
-                &redacted[at].1
-            };
-            let frame = frames
-                .entry((vsn, topic.as_ref(), ids, hidden))
-                .or_insert_with_key(|(vsn, topic, ids, _)| {
-                    protocol::postgres_changes(*vsn, topic, ids, data).into()
-                })
-                .clone();
-            out.push(Delivery { socket, frame });
-        }
-        out
-    }
-}
-
-/// INSERT matches on the new row, DELETE on the full old row, UPDATE on either: a row that
-/// leaves a filter is delivered, so the subscriber learns it left.
-fn matches(filter: Option<&BoundFilter>, change: &Change) -> bool {
-    let Some(f) = filter else { return true };
-    let hit = |row: Option<&Row>| row.is_some_and(|r| f.matches(r));
-    match change.op {
-        Op::Insert => hit(change.record.as_ref()),
-        Op::Delete => hit(change.old_record.as_ref()),
-        Op::Update => hit(change.record.as_ref()) || hit(change.old_record.as_ref()),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::change::Op;
+    use crate::route::bindings::{Hidden, Scope};
+    use futures_util::FutureExt;
     use serde_json::json;
+    use tokio::sync::mpsc;
 
-    fn row(v: serde_json::Value) -> Row {
-        match v {
-            serde_json::Value::Object(m) => m,
-            _ => panic!("not an object"),
-        }
-    }
-
-    fn change(op: Op, record: Option<serde_json::Value>, old: Option<serde_json::Value>) -> Change {
+    /// An INSERT into `public.polls`.
+    fn insert(record: serde_json::Value) -> Change {
+        let serde_json::Value::Object(record) = record else {
+            panic!("not an object");
+        };
         Change {
             seq: 1,
             schema: "public".into(),
             table: "polls".into(),
-            op,
+            op: Op::Insert,
             commit_timestamp: "t".into(),
-            record: record.map(row),
-            old_record: old.map(row),
+            record: Some(record),
+            old_record: None,
             data: "{\"d\":1}".into(),
             info: None,
         }
@@ -894,29 +435,17 @@ mod tests {
         (id, rx, shared)
     }
 
-    fn binding(filter: &str, event: Option<Op>, id: u32) -> NewBinding {
-        let types = |c: &str| match c {
-            "id" => Some("int8"),
-            "status" => Some("text"),
-            _ => None,
-        };
-        let bound = filter::parse(filter)
-            .unwrap()
-            .map(|f| f.bind(types).unwrap());
-        let eq_type = bound
-            .as_ref()
-            .and_then(|b| b.eq_index())
-            .and_then(|(c, _)| types(c))
-            .map(str::to_owned);
+    /// A binding to every change of `public.polls`.
+    fn whole_table(id: u32) -> NewBinding {
         NewBinding {
             scope: Scope::Table {
                 schema: "public".into(),
                 table: "polls".into(),
             },
-            event,
-            filter_text: filter.into(),
-            filter: bound,
-            eq_type,
+            event: None,
+            filter_text: String::new(),
+            filter: None,
+            eq_type: None,
             hidden: Hidden::default(),
             id,
         }
@@ -931,71 +460,21 @@ mod tests {
     }
 
     #[test]
-    fn eq_bindings_are_indexed_and_match_new_or_old_row() {
-        let router = Router::new(Arc::default());
-        let (s, mut rx, _) = socket(&router, 16);
-        let topic: Arc<str> = "realtime:t".into();
-        router.subscribe(
-            s,
-            &topic,
-            vec![
-                binding("id=eq.7", None, 11),
-                binding("status=eq.active", Some(Op::Update), 12),
-            ],
-        );
-        {
-            let st = router.lock();
-            let index = &st.tables[&("public".to_owned(), "polls".to_owned())];
-            assert!(index.scan.is_empty(), "both bindings are eq-indexed");
-            assert_eq!(index.eq.len(), 2);
-        }
-        router.deliver(&change(
-            Op::Insert,
-            Some(json!({"id": 7, "status": "draft"})),
-            None,
-        ));
-        assert_eq!(
-            drain(&mut rx),
-            [r#"[null,null,"realtime:t","postgres_changes",{"ids":[11],"data":{"d":1}}]"#]
-        );
-        // Leaving the filter: old row matches, new does not -> delivered, with both ids.
-        router.deliver(&change(
-            Op::Update,
-            Some(json!({"id": 7, "status": "closed"})),
-            Some(json!({"id": 7, "status": "active"})),
-        ));
-        assert_eq!(
-            drain(&mut rx),
-            [r#"[null,null,"realtime:t","postgres_changes",{"ids":[11,12],"data":{"d":1}}]"#]
-        );
-        router.deliver(&change(
-            Op::Insert,
-            Some(json!({"id": 8, "status": "active"})),
-            None,
-        ));
-        assert!(
-            drain(&mut rx).is_empty(),
-            "INSERT does not match the UPDATE binding"
-        );
-    }
-
-    #[test]
     fn shared_bindings_are_removed_with_their_last_subscriber() {
         let router = Router::new(Arc::default());
         let (a, mut rx_a, _) = socket(&router, 16);
         let (b, mut rx_b, _) = socket(&router, 16);
         let topic: Arc<str> = "realtime:x".into();
-        router.subscribe(a, &topic, vec![binding("", None, 1)]);
-        router.subscribe(b, &topic, vec![binding("", None, 1)]);
-        assert_eq!(router.lock().bindings.len(), 1, "deduplicated");
-        router.deliver(&change(Op::Insert, Some(json!({"id": 1})), None));
+        router.subscribe(a, &topic, vec![whole_table(1)]);
+        router.subscribe(b, &topic, vec![whole_table(1)]);
+        assert_eq!(router.counts(), (2, 2, 1), "deduplicated");
+        router.deliver(&insert(json!({"id": 1})));
         assert_eq!(drain(&mut rx_a).len(), 1);
         assert_eq!(drain(&mut rx_b).len(), 1);
         router.unsubscribe(a, &topic);
-        assert_eq!(router.lock().bindings.len(), 1);
+        assert_eq!(router.counts(), (2, 1, 1));
         router.remove_socket(b);
-        let st = router.lock();
-        assert!(st.bindings.is_empty() && st.keys.is_empty() && st.tables.is_empty());
+        assert_eq!(router.counts(), (1, 0, 0));
     }
 
     #[test]
@@ -1004,14 +483,14 @@ mod tests {
         let (slow, _rx_slow, slow_shared) = socket(&router, 2);
         let (fast, mut rx_fast, fast_shared) = socket(&router, 64);
         let topic: Arc<str> = "realtime:x".into();
-        router.subscribe(slow, &topic, vec![binding("", None, 1)]);
-        router.subscribe(fast, &topic, vec![binding("", None, 1)]);
+        router.subscribe(slow, &topic, vec![whole_table(1)]);
+        router.subscribe(fast, &topic, vec![whole_table(1)]);
         for i in 0..10 {
-            router.deliver(&change(Op::Insert, Some(json!({"id": i})), None));
+            router.deliver(&insert(json!({"id": i})));
         }
         assert_eq!(drain(&mut rx_fast).len(), 10);
-        assert_eq!(*slow_shared.cutoff.lock().unwrap(), Some(SLOW_CONSUMER));
-        assert_eq!(*fast_shared.cutoff.lock().unwrap(), None);
+        assert_eq!(slow_shared.cut().now_or_never(), Some(SLOW_CONSUMER));
+        assert_eq!(fast_shared.cut().now_or_never(), None);
         assert!(router.metrics.cutoffs_total.load(Ordering::Relaxed) >= 1);
     }
 }
