@@ -4,12 +4,13 @@
 //!
 //! The stream is read from the change log, one watermark window at a time: when the relay's
 //! watermark advances from `lo` to `hi`, every change committed in between is known and is
-//! sent in the same order catch-up uses (transactions by their last `seq`, then `seq`). An
+//! sent in the order the change-log reader uses (transactions by their last `seq`, then `seq`). An
 //! event's id names its place in that order: `lo/hi/txmax/seq`; after each window an id-only
 //! message moves the client's position to `hi`. A resumed position is therefore exact, in this
 //! process or any other: the window is re-read from the log and the events up to the id are
-//! skipped. The price is latency: an event leaves at the next watermark (about
-//! `PGRELAY_MARKER_INTERVAL`), not the instant it commits.
+//! skipped. The price is a little latency: an event leaves at the reader's next watermark (at
+//! most every 50 ms while changes flow), not the instant it commits. A stream opened without
+//! an id starts at a snapshot taken when it connects.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -149,7 +150,16 @@ async fn feed(
             p
         }
         None => {
-            let lo = next_watermark(watermark, None).await?;
+            // A fresh stream starts where it connects: at a snapshot of its own, not at the
+            // reader's last watermark, which may be older.
+            let client = db::client(pool).await?;
+            let lo: String = client
+                .query_one("SELECT pg_current_snapshot()::text", &[])
+                .await
+                .map_err(db::DbError::from)?
+                .try_get(0)
+                .map_err(db::DbError::from)?;
+            watermark.borrow_and_update();
             send(tx, Event::default().id(lo.clone())).await?;
             Position { lo, within: None }
         }

@@ -208,3 +208,34 @@ async fn sigkill_and_restart_lose_and_repeat_nothing() {
     signal(&child, "-TERM");
     let _ = child.wait().await;
 }
+
+/// A stream opened without `Last-Event-ID` starts where it connects: a change committed just
+/// before is not sent, the next one is.
+#[tokio::test]
+async fn a_fresh_stream_starts_at_the_connect_point() {
+    let relay = start_relay().await;
+    let db = relay.db().await;
+    db.execute("INSERT INTO profiles (username) VALUES ('before')", &[])
+        .await
+        .unwrap();
+    let path = "/api/v1/changes?schema=public&table=profiles&event=INSERT";
+    let mut sse = Sse::connect(relay.addr, path, None).await;
+    assert_eq!(sse.status, 200);
+    for _ in 0..100 {
+        if sse.last_id.is_some() {
+            break;
+        }
+        let _ = sse.next(Duration::from_millis(50)).await;
+    }
+    db.execute("INSERT INTO profiles (username) VALUES ('after')", &[])
+        .await
+        .unwrap();
+    let e = loop {
+        let e = sse.next(WAIT).await.expect("event");
+        if !e.data.is_empty() {
+            break e;
+        }
+    };
+    assert_eq!(data(&e)["record"]["username"], "after");
+    relay.stop().await;
+}

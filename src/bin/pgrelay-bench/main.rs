@@ -13,6 +13,7 @@ mod relay;
 mod report;
 mod run;
 mod ts;
+mod writecost;
 mod ws;
 
 use std::path::PathBuf;
@@ -45,6 +46,10 @@ enum Scenario {
     /// share of users press and release the hold button through presence (the relay runs the
     /// holds) and the writers vote. The rate counts hold starts, hold ends and votes alike.
     Mixed(Opts),
+    /// What publishing a table costs the app's writes: commits/s at 4, 16 and 32 writers with
+    /// no trigger and with the trigger in each ingest mode, interleaved, medians of 3; plus
+    /// latency at a quiet 100 commits/s and the relay's idle cost. Needs `pgbench`.
+    Writecost(writecost::WriteCostOpts),
 }
 
 /// Options shared by every scenario. Unset ones take the scenario's default.
@@ -94,7 +99,7 @@ struct Opts {
     relay_args: Vec<String>,
     /// RUST_LOG of the relay (its listening address is read from an info line of
     /// pgrelay::server).
-    #[arg(long, default_value = "warn,pgrelay::server=info")]
+    #[arg(long, default_value = "warn,pgrelay::http::server=info")]
     relay_log: String,
     /// Server on which each run creates (and drops) its own database.
     #[arg(
@@ -117,9 +122,31 @@ struct Opts {
     label: Option<String>,
 }
 
+fn writecost_main(opts: writecost::WriteCostOpts) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgrelay-bench: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(writecost::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgrelay-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (kind, opts) = match cli.scenario {
+        Scenario::Writecost(o) => return writecost_main(o),
         Scenario::Baseline(o) => (run::Kind::Baseline, o),
         Scenario::Fanout(o) => (run::Kind::Fanout, o),
         Scenario::Filtered(o) => (run::Kind::Filtered, o),
