@@ -27,15 +27,18 @@
 -- commit_timestamp is the clock time of the change, not the commit (Postgres exposes no commit
 -- time to a trigger), in the Supabase format: UTC, milliseconds, trailing Z.
 --
--- SECURITY DEFINER: it runs as its owner (the role that applied this file), so application
--- roles need no privileges on schema pgrelay, and cannot write change_log rows themselves.
--- search_path is pinned as for any SECURITY DEFINER function; pgrelay objects are qualified.
+-- SECURITY INVOKER: it runs as the role that writes the row, never with more rights. to_jsonb()
+-- calls a column type's cast to json, which the table's owner may have written; run as a
+-- privileged owner, that cast could do anything. The writer reaches the log through a narrow
+-- grant (migration V11): it may add rows describing its own transaction's writes to tables it
+-- may write, and nothing else. search_path is pinned so that names in this body resolve to the
+-- built-ins, whoever calls it; pgrelay objects are qualified.
 --
 -- Re-runnable: the relay applies this file at every start and on `pgrelay triggers apply`.
 
 CREATE OR REPLACE FUNCTION pgrelay.notify_change() RETURNS trigger
     LANGUAGE plpgsql
-    SECURITY DEFINER
+    SECURITY INVOKER
     SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE

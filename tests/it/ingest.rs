@@ -252,8 +252,8 @@ async fn drop_role(db: &tokio_postgres::Client, name: &str) {
         .await;
 }
 
-/// An application role can write its tables (the trigger logs for it) but can neither write
-/// the change log, nor flip the switch, nor read either.
+/// An application role can write its tables (the trigger, running as that role, logs for it)
+/// but cannot flip the switch, read the change log, or add to it anything but its own writes.
 #[tokio::test]
 async fn app_roles_cannot_write_the_flag_or_the_log() {
     let relay = start_relay().await;
@@ -281,11 +281,17 @@ async fn app_roles_cannot_write_the_flag_or_the_log() {
     assert_eq!(f.payload["data"]["record"]["username"], "by-app");
     for attack in [
         "UPDATE pgrelay.ingest_state SET notify = false",
+        // A change of a table the role may not write.
         "INSERT INTO pgrelay.change_log (schema_name, table_name, op, commit_timestamp, record) \
-         VALUES ('public', 'profiles', 'INSERT', 'x', '{\"username\":\"forged\"}')",
+         VALUES ('pgrelay', 'read_policies', 'INSERT', 'x', '{\"role\":\"anon\"}')",
+        // A change placed in another transaction's window, or with a chosen seq.
+        "INSERT INTO pgrelay.change_log (xid, schema_name, table_name, op, commit_timestamp) \
+         VALUES ('1', 'public', 'profiles', 'INSERT', 'x')",
+        "INSERT INTO pgrelay.change_log (seq, schema_name, table_name, op, commit_timestamp) \
+         OVERRIDING SYSTEM VALUE VALUES (1, 'public', 'profiles', 'INSERT', 'x')",
         "SELECT * FROM pgrelay.change_log",
-        "SELECT * FROM pgrelay.ingest_state",
         "DELETE FROM pgrelay.change_log",
+        "UPDATE pgrelay.change_log SET record = '{}'",
     ] {
         let err = app.batch_execute(attack).await.expect_err(attack);
         let db_err = err.as_db_error().expect("a database error");

@@ -24,6 +24,7 @@ mod live;
 mod ops;
 mod protocol;
 mod realtime;
+mod security;
 mod sse;
 mod startup;
 mod votes;
