@@ -920,7 +920,7 @@ fn parse_profile_body(body: &[u8]) -> Result<ProfileRequest, ApiError> {
 
 /// `a=1&b=x%20y` → pairs, percent-decoded (shared with the socket's query parsing).
 fn parse_query(q: &str) -> Vec<(String, String)> {
-    crate::http::server::query_pairs(q)
+    crate::http::query::query_pairs(q)
 }
 
 #[cfg(test)]
