@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::clients::{AppStats, RecvStats};
-use crate::run::{Kind, Params};
+use crate::params::{Kind, Params};
 
 /// CPU over the window, in % of one core.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
