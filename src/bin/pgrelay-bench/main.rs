@@ -9,10 +9,13 @@ mod clients;
 mod db;
 mod hist;
 mod params;
+mod press;
 mod procfs;
 mod relay;
 mod report;
 mod run;
+mod spec;
+mod stats;
 mod ts;
 mod ws;
 

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::clients::{AppStats, RecvStats};
 use crate::params::{Kind, Params};
+use crate::stats::{AppStats, RecvStats};
 
 /// CPU over the window, in % of one core.
 #[derive(Debug, Clone, Copy, Default, Serialize)]

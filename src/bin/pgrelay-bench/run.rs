@@ -10,15 +10,14 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::clients::{
-    self, AppStats, ChannelSpec, ClientSpec, ClientStats, Interest, PressSchedule, PresserSpec,
-    RecvStats, Shared, HOLD_CHANNEL,
-};
+use crate::clients;
 use crate::db::{self, BenchDb, WriteCounts, WritePlan, HOLD_END, HOLD_START, VOTE};
 use crate::params::{Kind, Params};
 use crate::procfs;
 use crate::relay::{self, Relay};
 use crate::report::{Cpu, Report};
+use crate::spec::{ChannelSpec, ClientSpec, Interest, PressSchedule, PresserSpec, HOLD_CHANNEL};
+use crate::stats::{AppStats, ClientStats, RecvStats, Shared};
 use crate::ts::now_us;
 
 /// The NOTIFY channel (the relay's default).
