@@ -6,6 +6,7 @@
 //! See BENCHMARKS.md for the method and `bench/run.sh` for the full matrix.
 
 mod clients;
+mod cpu;
 mod db;
 mod hist;
 mod params;

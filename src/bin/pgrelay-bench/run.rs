@@ -1,7 +1,6 @@
 //! One benchmark run: database, relay, clients, writers, the measured window, the drain, and
 //! an orderly teardown.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +10,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::clients;
-use crate::db::{self, BenchDb, WriteCounts, WritePlan, HOLD_END, HOLD_START, VOTE};
+use crate::cpu::{cpu_between, sample};
+use crate::db::{self, BenchDb, WriteCounts, WritePlan, HOLD_END, HOLD_START};
 use crate::params::{Kind, Params};
 use crate::procfs;
 use crate::relay::{self, Relay};
-use crate::report::{Cpu, Report};
-use crate::spec::{ChannelSpec, ClientSpec, Interest, PressSchedule, PresserSpec, HOLD_CHANNEL};
+use crate::report::Report;
+use crate::spec::{client_spec, expected, Interest, PressSchedule};
 use crate::stats::{AppStats, ClientStats, RecvStats, Shared};
 use crate::ts::now_us;
 
@@ -47,164 +47,6 @@ pub(crate) async fn run(p: Params) -> Result<Report, String> {
         eprintln!("warning: {e}");
     }
     result
-}
-
-/// CPU counters at one instant.
-#[derive(Debug, Clone)]
-struct CpuSample {
-    at: Instant,
-    relay: Option<u64>,
-    postgres: HashMap<u32, u64>,
-    bench: Option<u64>,
-    machine: Option<(u64, u64)>,
-}
-
-fn sample(relay_pid: Option<u32>, db: &str) -> CpuSample {
-    CpuSample {
-        at: Instant::now(),
-        relay: relay_pid.and_then(procfs::cpu_ticks),
-        postgres: procfs::postgres_ticks(db),
-        bench: procfs::cpu_ticks(std::process::id()),
-        machine: procfs::machine_ticks(),
-    }
-}
-
-fn cpu_between(a: &CpuSample, b: &CpuSample, tck: u64, cores: usize) -> Cpu {
-    let wall = (b.at - a.at).as_secs_f64().max(1e-9);
-    let pct = |x: Option<u64>, y: Option<u64>| match (x, y) {
-        (Some(x), Some(y)) => Some(y.saturating_sub(x) as f64 / tck as f64 / wall * 100.0),
-        _ => None,
-    };
-    let machine = match (a.machine, b.machine) {
-        (Some((ab, at)), Some((bb, bt))) if bt > at => {
-            Some(bb.saturating_sub(ab) as f64 / (bt - at) as f64 * cores as f64 * 100.0)
-        }
-        _ => None,
-    };
-    let relay = pct(a.relay, b.relay);
-    let postgres = pct(
-        Some(0),
-        Some(procfs::ticks_between(&a.postgres, &b.postgres)),
-    );
-    let bench = pct(a.bench, b.bench);
-    let other = machine.map(|m| {
-        (m - relay.unwrap_or(0.0) - postgres.unwrap_or(0.0) - bench.unwrap_or(0.0)).max(0.0)
-    });
-    Cpu {
-        relay,
-        postgres,
-        bench,
-        machine,
-        other,
-    }
-}
-
-fn json_str(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
-}
-
-/// What each client subscribes to and must receive, and whether it presses.
-fn client_spec(
-    p: &Params,
-    i: usize,
-    polls: &Arc<Vec<i64>>,
-    profiles: &[String],
-    schedule: &watch::Receiver<Option<PressSchedule>>,
-) -> ClientSpec {
-    let holds = |filter: Option<String>| {
-        let filter = filter.map_or_else(String::new, |f| format!(",\"filter\":{}", json_str(&f)));
-        format!(
-            "[{{\"event\":\"INSERT\",\"schema\":\"public\",\"table\":\"button_holds\"{filter}}}]"
-        )
-    };
-    match p.kind {
-        Kind::Baseline | Kind::Fanout => ClientSpec {
-            channels: vec![ChannelSpec {
-                name: "bench".into(),
-                bindings: holds(None),
-                presence_key: None,
-            }],
-            interest: Interest::AllHolds,
-            presser: None,
-        },
-        Kind::Filtered | Kind::Idle => {
-            let k = i % polls.len().max(1);
-            let poll = polls.get(k).copied().unwrap_or(1);
-            ClientSpec {
-                channels: vec![ChannelSpec {
-                    name: "bench".into(),
-                    bindings: holds(Some(format!("poll_id=eq.{poll}"))),
-                    presence_key: None,
-                }],
-                interest: if p.kind == Kind::Idle {
-                    Interest::Nothing
-                } else {
-                    Interest::Poll(k)
-                },
-                presser: None,
-            }
-        }
-        Kind::Mixed => {
-            let user = profiles
-                .get(i % profiles.len().max(1))
-                .cloned()
-                .unwrap_or_default();
-            let presser = p.press.and_then(|press| {
-                let j = press.presser_of(i, p.clients)?;
-                Some(PresserSpec {
-                    user_id: user.clone(),
-                    polls: polls.clone(),
-                    index: j,
-                    offset: Duration::from_secs_f64(j as f64 / press.rate),
-                    period: press.period,
-                    hold: press.hold,
-                    schedule: schedule.clone(),
-                })
-            });
-            ClientSpec {
-                channels: vec![
-                    ChannelSpec {
-                        name: "polls-changes".into(),
-                        bindings: r#"[{"event":"*","schema":"public","table":"polls"},{"event":"*","schema":"public","table":"user_votes"}]"#.into(),
-                        presence_key: None,
-                    },
-                    ChannelSpec {
-                        name: "statistics-updates".into(),
-                        bindings: r#"[{"event":"INSERT","schema":"public","table":"user_votes"},{"event":"INSERT","schema":"public","table":"polls"},{"event":"INSERT","schema":"public","table":"profiles"}]"#.into(),
-                        presence_key: None,
-                    },
-                    ChannelSpec {
-                        name: "button-sessions".into(),
-                        bindings: r#"[{"event":"*","schema":"public","table":"button_holds"}]"#.into(),
-                        presence_key: None,
-                    },
-                    // Presence keyed by the user: everyone sees the holders.
-                    ChannelSpec {
-                        name: HOLD_CHANNEL.into(),
-                        bindings: "[]".into(),
-                        presence_key: Some(user),
-                    },
-                    // The live aggregate topic: the current value on join, then each change.
-                    ChannelSpec {
-                        name: "statistics".into(),
-                        bindings: "[]".into(),
-                        presence_key: None,
-                    },
-                ],
-                interest: Interest::App,
-                presser,
-            }
-        }
-    }
-}
-
-fn expected(interest: Interest, c: &WriteCounts) -> u64 {
-    match interest {
-        Interest::AllHolds => c.window[HOLD_START],
-        Interest::Poll(k) => c.per_poll.get(k).copied().unwrap_or(0),
-        Interest::App => c.window[HOLD_START] + c.window[HOLD_END] + 2 * c.window[VOTE],
-        Interest::Nothing => 0,
-    }
 }
 
 /// Receivers: WebSocket clients, or the baseline's LISTEN session.
