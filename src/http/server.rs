@@ -1,13 +1,11 @@
-//! The relay process: database setup, the listener and dispatcher tasks, the HTTP/WebSocket
-//! routes, admission control, and an orderly shutdown.
+//! The relay process: database setup, the listener and dispatcher tasks, serving the routes
+//! (`routes`), and an orderly shutdown.
 //!
 //! Lifecycle of `run`: connect the pool (failing fast with one clear line), migrate, apply
 //! the triggers, start LISTEN and wait until it is active, then serve until `shutdown`
 //! completes. Then stop accepting, close every socket with 1001 so clients reconnect
 //! elsewhere, and wait (bounded) for every task to finish.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,30 +14,24 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{info, warn};
-use warp::http::StatusCode;
-use warp::Filter;
 
-use crate::auth::{self, AuthError, Claims, Verifier};
-use crate::config::{Config, Limits};
+use crate::auth::Verifier;
+use crate::config::Config;
 use crate::db::cleanup;
 use crate::db::{self, DbError};
-use crate::http::sse;
+use crate::http::relay::Relay;
+use crate::http::routes::routes;
 use crate::ingest::change::Catalog;
 use crate::ingest::listener::{self, ListenerConfig};
 use crate::ingest::tail::{Reader, ReaderConfig};
-use crate::metrics::{Gauges, Metrics};
-use crate::protocol::Vsn;
+use crate::metrics::Metrics;
 use crate::protocol::TOPIC_PREFIX;
-use crate::realtime::channel;
-use crate::realtime::holds::{self, Holds};
-use crate::realtime::socket::{self, SocketContext};
-use crate::realtime::ws;
+use crate::realtime::holds;
 use crate::route::deliver::Deliverer;
 use crate::route::live::{self, LiveQueries};
-use crate::route::policy::{ChannelAction, Policies};
+use crate::route::policy::Policies;
 use crate::route::router::Router;
-use crate::route::topic::{Broadcast, TopicKey};
-use crate::shutdown::{Shutdown, ShutdownController, Tracker};
+use crate::shutdown::ShutdownController;
 
 /// How long shutdown waits for sockets to say goodbye and tasks to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -51,56 +43,6 @@ pub enum ServerError {
     Db(#[from] DbError),
     #[error("{0}")]
     Config(String),
-}
-
-/// Shared by every route and task.
-#[derive(Debug)]
-struct Relay {
-    router: Arc<Router>,
-    catalog: Arc<Catalog>,
-    metrics: Arc<Metrics>,
-    pool: deadpool_postgres::Pool,
-    limits: Arc<Limits>,
-    /// One permit per WebSocket connection, taken before the upgrade and moved into the
-    /// socket task: the relay refuses connections instead of running out of memory.
-    connections: Arc<Semaphore>,
-    shutdown: Shutdown,
-    tracker: Tracker,
-    /// True once the database is set up (migrated, triggers applied); sockets are refused
-    /// until then.
-    started: watch::Receiver<bool>,
-    /// True while the LISTEN session is active.
-    listening: watch::Receiver<bool>,
-    /// Latest watermark snapshot, for readers of the change log.
-    watermark: watch::Receiver<Option<String>>,
-    /// Token verification; `None`: auth off.
-    auth: Option<Arc<Verifier>>,
-    policies: Arc<Policies>,
-    /// Live aggregate topics, once the database is set up.
-    live: std::sync::OnceLock<Arc<LiveQueries>>,
-    /// Relay-run holds and their topic, once the database is set up.
-    holds: std::sync::OnceLock<(Holds, Arc<str>)>,
-}
-
-impl Relay {
-    fn is_ready(&self) -> bool {
-        *self.started.borrow() && *self.listening.borrow()
-    }
-
-    /// The identity of an HTTP request (`Authorization: Bearer`, else an `apikey` parameter);
-    /// `Ok(None)` when auth is off.
-    fn identify(
-        &self,
-        apikey: Option<&str>,
-        authorization: Option<&str>,
-    ) -> Result<Option<Claims>, AuthError> {
-        let Some(verifier) = &self.auth else {
-            return Ok(None);
-        };
-        let bearer = authorization.and_then(|h| h.strip_prefix("Bearer ").map(str::trim));
-        let token = bearer.or(apikey).ok_or(AuthError::Missing)?;
-        verifier.verify(token, auth::now()).map(Some)
-    }
 }
 
 /// Turn off Nagle's algorithm for every connection: frames are small and each should leave at
@@ -364,418 +306,6 @@ fn start_pipeline(
     Ok(())
 }
 
-fn routes(
-    relay: Arc<Relay>,
-) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
-{
-    let with_relay = {
-        let relay = relay.clone();
-        warp::any().map(move || relay.clone())
-    };
-    let ws_path = warp::path!("realtime" / "v1" / "websocket")
-        .or(warp::path!("socket" / "websocket"))
-        .unify();
-    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    let websocket = ws_path
-        .and(ws::handshake())
-        .and(raw_query)
-        .and(with_relay.clone())
-        .map(upgrade);
-    let health = warp::path!("health").map(|| "ok");
-    // The inspector: one self-contained page, built into the binary.
-    let inspector = warp::path::end()
-        .and(warp::get())
-        .map(|| warp::reply::html(include_str!("../../static/inspector.html")));
-    // The demo app and the supabase-js build it loads (vendored: no CDN, works offline).
-    let demo = warp::path!("demo")
-        .and(warp::get())
-        .map(|| warp::reply::html(include_str!("../../static/demo.html")));
-    let vendor = warp::path!("vendor" / "supabase.js")
-        .and(warp::get())
-        .map(|| {
-            warp::reply::with_header(
-                include_str!("../../static/vendor/supabase.js"),
-                "content-type",
-                "application/javascript; charset=utf-8",
-            )
-        });
-    let metrics =
-        warp::path!("metrics")
-            .and(with_relay.clone())
-            .then(|relay: Arc<Relay>| async move {
-                let (connections, channels, bindings) = relay.router.counts();
-                let listening = *relay.listening.borrow();
-                let notification_queue_usage = db::notification_queue_usage(&relay.pool).await.ok();
-                let notify_lock_waiters = db::notify_lock_waiters(&relay.pool).await.ok();
-                let gauges = Gauges {
-                    connections,
-                    channels,
-                    bindings,
-                    listening,
-                    notification_queue_usage,
-                    notify_lock_waiters,
-                    ingest_mode: relay.limits.ingest.as_str(),
-                };
-                warp::reply::with_header(
-                    relay.metrics.render(&gauges),
-                    "content-type",
-                    "text/plain; version=0.0.4",
-                )
-            });
-    let ready = warp::path!("ready")
-        .and(with_relay.clone())
-        .map(|relay: Arc<Relay>| {
-            if relay.is_ready() {
-                warp::reply::with_status("ready", StatusCode::OK)
-            } else if *relay.started.borrow() {
-                warp::reply::with_status("not listening", StatusCode::SERVICE_UNAVAILABLE)
-            } else {
-                warp::reply::with_status(
-                    "waiting for the database",
-                    StatusCode::SERVICE_UNAVAILABLE,
-                )
-            }
-        });
-    let changes = warp::path!("api" / "v1" / "changes")
-        .and(warp::get())
-        .and(raw_query)
-        .and(warp::header::optional::<String>("last-event-id"))
-        .and(warp::header::optional::<String>("authorization"))
-        .and(with_relay.clone())
-        .then(server_sent_events);
-    let max_body = u64::try_from(relay.limits.max_message_bytes).unwrap_or(u64::MAX);
-    let broadcast_batch = warp::path!("realtime" / "v1" / "api" / "broadcast")
-        .and(warp::post())
-        .and(warp::body::content_length_limit(max_body))
-        .and(raw_query)
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::body::bytes())
-        .and(with_relay.clone())
-        .map(rest_broadcast_batch);
-    let broadcast_one =
-        warp::path!("realtime" / "v1" / "api" / "broadcast" / String / "events" / String)
-            .and(warp::post())
-            .and(raw_query)
-            .and(warp::header::optional::<String>("content-type"))
-            .and(warp::header::optional::<String>("authorization"))
-            .and(warp::body::content_length_limit(max_body))
-            .and(warp::body::bytes())
-            .and(with_relay.clone())
-            .map(rest_broadcast_one);
-    websocket
-        .or(broadcast_batch)
-        .or(broadcast_one)
-        .or(changes)
-        .or(health)
-        .or(inspector)
-        .or(demo)
-        .or(vendor)
-        .or(metrics)
-        .or(ready)
-        .or(crate::http::api::routes(
-            relay.pool.clone(),
-            relay.auth.clone(),
-        ))
-        .recover(|_rej: warp::Rejection| async {
-            Ok::<_, Infallible>(json_error(StatusCode::NOT_FOUND, "Not found"))
-        })
-}
-
-/// `POST /realtime/v1/api/broadcast`: `{"messages":[{"topic","event","payload","private"?}]}`,
-/// the batch endpoint supabase-js falls back to when a channel is not joined. 202, no body.
-fn rest_broadcast_batch(
-    query: String,
-    authorization: Option<String>,
-    body: bytes::Bytes,
-    relay: Arc<Relay>,
-) -> warp::reply::Response {
-    use warp::Reply;
-    let params = parse_query(&query);
-    let claims = match relay.identify(
-        params.get("apikey").map(String::as_str),
-        authorization.as_deref(),
-    ) {
-        Ok(c) => c,
-        Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
-    };
-    #[derive(serde::Deserialize)]
-    struct Batch {
-        messages: Vec<Msg>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Msg {
-        topic: String,
-        event: String,
-        #[serde(default)]
-        payload: serde_json::Value,
-        #[serde(default)]
-        private: bool,
-    }
-    let batch: Batch = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
-    };
-    // All or nothing: a batch with one message the caller may not send sends none.
-    for m in batch.messages.iter().filter(|m| m.private) {
-        if let Some(refusal) = private_send_refusal(&relay, claims.as_ref(), &m.topic) {
-            return refusal;
-        }
-    }
-    for m in batch.messages {
-        let payload =
-            serde_json::json!({"type": "broadcast", "event": m.event, "payload": m.payload});
-        let out = payload.to_string();
-        if out.len() > relay.limits.max_broadcast_payload_bytes {
-            return json_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
-        }
-        let key = TopicKey {
-            private: m.private,
-            topic: format!("{TOPIC_PREFIX}{}", m.topic).into(),
-        };
-        relay.router.broadcast(&key, None, &Broadcast::Json(out));
-    }
-    warp::reply::with_status(warp::reply(), StatusCode::ACCEPTED).into_response()
-}
-
-/// 403 when auth is on and no channel policy lets the caller broadcast on private `topic`.
-fn private_send_refusal(
-    relay: &Relay,
-    claims: Option<&Claims>,
-    topic: &str,
-) -> Option<warp::reply::Response> {
-    let refusal = relay
-        .policies
-        .check_channel(topic, claims?, ChannelAction::Send)
-        .err()?;
-    Some(json_error(StatusCode::FORBIDDEN, &refusal))
-}
-
-/// `POST /realtime/v1/api/broadcast/{topic}/events/{event}[?private=true]`: the body is the
-/// payload (JSON, or raw bytes with `application/octet-stream`). Exactly 202, as `httpSend()`
-/// requires.
-fn rest_broadcast_one(
-    topic: String,
-    event: String,
-    query: String,
-    content_type: Option<String>,
-    authorization: Option<String>,
-    body: bytes::Bytes,
-    relay: Arc<Relay>,
-) -> warp::reply::Response {
-    use warp::Reply;
-    let params = parse_query(&query);
-    let claims = match relay.identify(
-        params.get("apikey").map(String::as_str),
-        authorization.as_deref(),
-    ) {
-        Ok(c) => c,
-        Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
-    };
-    let private = params
-        .get("private")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let (topic, event) = (percent_decode(&topic), percent_decode(&event));
-    if private {
-        if let Some(refusal) = private_send_refusal(&relay, claims.as_ref(), &topic) {
-            return refusal;
-        }
-    }
-    if body.len() > relay.limits.max_broadcast_payload_bytes {
-        return json_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
-    }
-    let binary = content_type
-        .as_deref()
-        .is_some_and(|c| c.starts_with("application/octet-stream"));
-    let msg = if binary {
-        Broadcast::Binary {
-            event,
-            payload: body,
-        }
-    } else {
-        let payload: serde_json::Value = match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                return json_error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"))
-            }
-        };
-        Broadcast::Json(
-            serde_json::json!({"type": "broadcast", "event": event, "payload": payload})
-                .to_string(),
-        )
-    };
-    let key = TopicKey {
-        private,
-        topic: format!("{TOPIC_PREFIX}{topic}").into(),
-    };
-    relay.router.broadcast(&key, None, &msg);
-    warp::reply::with_status(warp::reply(), StatusCode::ACCEPTED).into_response()
-}
-
-/// `GET /api/v1/changes`: validate, then stream from the change log (see `sse`).
-async fn server_sent_events(
-    query: String,
-    last_event_id: Option<String>,
-    bearer: Option<String>,
-    relay: Arc<Relay>,
-) -> warp::reply::Response {
-    use warp::Reply;
-    if !relay.is_ready() {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Realtime is starting");
-    }
-    let start = match last_event_id.as_deref().map(sse::Position::parse) {
-        None => None,
-        Some(Some(p)) => Some(p),
-        Some(None) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &sse::SseError::BadLastEventId.to_string(),
-            )
-        }
-    };
-    let params = parse_query(&query);
-    let claims = match relay.identify(params.get("apikey").map(String::as_str), bearer.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
-    };
-    let access = claims.as_ref().map(|claims| channel::Access {
-        policies: &relay.policies,
-        claims,
-    });
-    let binding = match sse::binding_from_query(&relay.catalog, &params, access).await {
-        Ok(b) => b,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
-    };
-    let (tx, rx) = sse::channel();
-    let tracker = relay.tracker.clone();
-    let mut shutdown = relay.shutdown.clone();
-    let feeder = sse::stream(
-        relay.pool.clone(),
-        relay.catalog.clone(),
-        binding,
-        start,
-        relay.watermark.clone(),
-        tx,
-    );
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = feeder => {}
-            _ = shutdown.recv() => {}
-        }
-        drop(tracker);
-    });
-    warp::sse::reply(warp::sse::keep_alive().stream(sse::body(rx))).into_response()
-}
-
-fn json_error(status: StatusCode, message: &str) -> warp::reply::Response {
-    use warp::Reply;
-    warp::reply::with_status(
-        warp::reply::json(&serde_json::json!({ "error": message })),
-        status,
-    )
-    .into_response()
-}
-
-/// Admit or refuse a WebSocket upgrade. Refusals are HTTP responses, so the client's backoff
-/// grows instead of reconnecting every second; a request that is no upgrade at all gets 426.
-fn upgrade(handshake: ws::Handshake, query: String, relay: Arc<Relay>) -> warp::reply::Response {
-    let handshake = match handshake {
-        ws::Handshake::Upgrade(u) => u,
-        ws::Handshake::Refused(why) => return why.into_response(),
-    };
-    let params = parse_query(&query);
-    let vsn = match Vsn::from_query(params.get("vsn").map(String::as_str)) {
-        Ok(v) => v,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
-    };
-    if relay.shutdown.is_shutdown() {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Realtime is restarting");
-    }
-    if !*relay.started.borrow() {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Realtime is starting: waiting for the database",
-        );
-    }
-    let Ok(permit) = relay.connections.clone().try_acquire_owned() else {
-        return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
-    };
-    let max = relay.limits.max_message_bytes;
-    let claims = match &relay.auth {
-        None => None,
-        Some(verifier) => match params
-            .get("apikey")
-            .map(|k| verifier.verify(k, auth::now()))
-        {
-            Some(Ok(claims)) => Some(claims),
-            Some(Err(e)) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
-            None => return json_error(StatusCode::UNAUTHORIZED, &AuthError::Missing.to_string()),
-        },
-    };
-    Metrics::inc(&relay.metrics.connections_total);
-    let ctx = SocketContext {
-        live: relay.live.get().cloned(),
-        auth: relay.auth.clone(),
-        claims,
-        policies: relay.policies.clone(),
-        holds: relay.holds.get().cloned(),
-        metrics: relay.metrics.clone(),
-        router: relay.router.clone(),
-        catalog: relay.catalog.clone(),
-        limits: relay.limits.clone(),
-        shutdown: relay.shutdown.clone(),
-    };
-    let tracker = relay.tracker.clone();
-    handshake.on_upgrade(ws::config(max), move |websocket| {
-        // A combinator rather than an `async` block: the block would keep its captured
-        // WebSocket and context beside the running socket's own, for the socket's lifetime.
-        futures_util::FutureExt::map(socket::run(websocket, vsn, ctx), move |()| {
-            drop(permit);
-            drop(tracker);
-        })
-    })
-}
-
-/// `a=1&b=x%20y` → map. Only what the relay reads (`vsn`, `apikey`) matters; anything that does
-/// not decode is kept raw.
-fn parse_query(q: &str) -> HashMap<String, String> {
-    query_pairs(q).into_iter().collect()
-}
-
-/// `a=1&b=x%20y` → pairs in order, percent-decoded (`+` is a space); anything that does not
-/// decode is kept raw.
-pub(crate) fn query_pairs(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(v) = hex {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b == b'+' { b' ' } else { b });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -788,14 +318,5 @@ mod tests {
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         assert!(accepted.nodelay().unwrap());
-    }
-
-    #[test]
-    fn query_parsing() {
-        let q = parse_query("apikey=a%2Bb&log_level=info&vsn=2.0.0&flag");
-        assert_eq!(q["apikey"], "a+b");
-        assert_eq!(q["vsn"], "2.0.0");
-        assert_eq!(q["flag"], "");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }

@@ -1,9 +1,10 @@
 //! Realtime: one client's WebSocket and its channels.
 //!
 //! [`ws`] answers the upgrade with the relay's own small buffers; [`socket`] is the per-client
-//! task (read, act, write queued frames in batches, heartbeats, cut-off); [`channel`] turns a
-//! `phx_join` into subscriptions; [`holds`] runs press-and-hold sessions for clients that
-//! track on the hold channel.
+//! task (read, act, write queued frames in batches, heartbeats, cut-off), a folder with its
+//! loop in `socket/mod.rs` and a file per kind of push (`join`, `presence`, `broadcast`) and
+//! for writing (`write`); [`channel`] turns a `phx_join` into subscriptions; [`holds`] runs
+//! press-and-hold sessions for clients that track on the hold channel.
 //!
 //! May use: `route`, `ingest`, `db` and the small cross-cutting modules. Never `http`.
 

@@ -10,7 +10,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use crate::clients::{RecvStats, Shared};
+use crate::stats::{RecvStats, Shared};
 use crate::ts::now_us;
 
 /// Connect and drive the connection in the background.

@@ -4,22 +4,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::clients::{AppStats, RecvStats};
-use crate::run::{Kind, Params};
-
-/// CPU over the window, in % of one core.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub(crate) struct Cpu {
-    pub(crate) relay: Option<f64>,
-    /// Every `postgres` process (server, backends, WAL writer, …).
-    pub(crate) postgres: Option<f64>,
-    /// This load generator.
-    pub(crate) bench: Option<f64>,
-    /// The whole machine (100 % per core).
-    pub(crate) machine: Option<f64>,
-    /// The machine less the three above: other work on the machine, which disturbs the run.
-    pub(crate) other: Option<f64>,
-}
+use crate::cpu::Cpu;
+use crate::params::{Kind, Params};
+use crate::stats::{AppStats, RecvStats};
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Report {

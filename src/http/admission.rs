@@ -1,0 +1,78 @@
+//! Admission of a WebSocket: the checks an upgrade passes before its socket task starts
+//! (protocol version, shutdown, startup, the connection limit, the token), then the task.
+
+use std::sync::Arc;
+
+use warp::http::StatusCode;
+
+use crate::auth::{self, AuthError};
+use crate::http::query::parse_query;
+use crate::http::relay::{json_error, Relay};
+use crate::metrics::Metrics;
+use crate::protocol::Vsn;
+use crate::realtime::socket::{self, SocketContext};
+use crate::realtime::ws;
+
+/// Admit or refuse a WebSocket upgrade. Refusals are HTTP responses, so the client's backoff
+/// grows instead of reconnecting every second; a request that is no upgrade at all gets 426.
+pub(crate) fn upgrade(
+    handshake: ws::Handshake,
+    query: String,
+    relay: Arc<Relay>,
+) -> warp::reply::Response {
+    let handshake = match handshake {
+        ws::Handshake::Upgrade(u) => u,
+        ws::Handshake::Refused(why) => return why.into_response(),
+    };
+    let params = parse_query(&query);
+    let vsn = match Vsn::from_query(params.get("vsn").map(String::as_str)) {
+        Ok(v) => v,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    if relay.shutdown.is_shutdown() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Realtime is restarting");
+    }
+    if !*relay.started.borrow() {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Realtime is starting: waiting for the database",
+        );
+    }
+    let Ok(permit) = relay.connections.clone().try_acquire_owned() else {
+        return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
+    };
+    let max = relay.limits.max_message_bytes;
+    let claims = match &relay.auth {
+        None => None,
+        Some(verifier) => match params
+            .get("apikey")
+            .map(|k| verifier.verify(k, auth::now()))
+        {
+            Some(Ok(claims)) => Some(claims),
+            Some(Err(e)) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
+            None => return json_error(StatusCode::UNAUTHORIZED, &AuthError::Missing.to_string()),
+        },
+    };
+    Metrics::inc(&relay.metrics.connections_total);
+    let ctx = SocketContext {
+        live: relay.live.get().cloned(),
+        auth: relay.auth.clone(),
+        claims,
+        policies: relay.policies.clone(),
+        holds: relay.holds.get().cloned(),
+        metrics: relay.metrics.clone(),
+        router: relay.router.clone(),
+        catalog: relay.catalog.clone(),
+        limits: relay.limits.clone(),
+        shutdown: relay.shutdown.clone(),
+    };
+    let tracker = relay.tracker.clone();
+    handshake.on_upgrade(ws::config(max), move |websocket| {
+        // A combinator rather than an `async` block: the block would keep its captured
+        // WebSocket and context beside the running socket's own, for the socket's lifetime.
+        futures_util::FutureExt::map(socket::run(websocket, vsn, ctx), move |()| {
+            drop(permit);
+            drop(tracker);
+        })
+    })
+}

@@ -1,0 +1,194 @@
+//! The server's route table: the WebSocket, the REST broadcast, server-sent events, the JSON
+//! API, `/metrics`, `/ready`, `/health` and the static pages, tried in turn; whatever none of
+//! them takes is a JSON 404. Handlers of a line or two are written in the table, as is the one
+//! that checks a request for server-sent events before `sse` streams them; the others live in
+//! `admission` (the WebSocket), `broadcast` and `api`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use warp::http::StatusCode;
+use warp::Filter;
+
+use crate::db;
+use crate::http::admission::upgrade;
+use crate::http::broadcast::{rest_broadcast_batch, rest_broadcast_one};
+use crate::http::query::parse_query;
+use crate::http::relay::{json_error, Relay};
+use crate::http::sse;
+use crate::metrics::Gauges;
+use crate::realtime::channel;
+use crate::realtime::ws;
+
+/// Every route of the server, in the order they are tried.
+pub(crate) fn routes(
+    relay: Arc<Relay>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    let with_relay = {
+        let relay = relay.clone();
+        warp::any().map(move || relay.clone())
+    };
+    let ws_path = warp::path!("realtime" / "v1" / "websocket")
+        .or(warp::path!("socket" / "websocket"))
+        .unify();
+    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let websocket = ws_path
+        .and(ws::handshake())
+        .and(raw_query)
+        .and(with_relay.clone())
+        .map(upgrade);
+    let health = warp::path!("health").map(|| "ok");
+    // The inspector: one self-contained page, built into the binary.
+    let inspector = warp::path::end()
+        .and(warp::get())
+        .map(|| warp::reply::html(include_str!("../../static/inspector.html")));
+    // The demo app and the supabase-js build it loads (vendored: no CDN, works offline).
+    let demo = warp::path!("demo")
+        .and(warp::get())
+        .map(|| warp::reply::html(include_str!("../../static/demo.html")));
+    let vendor = warp::path!("vendor" / "supabase.js")
+        .and(warp::get())
+        .map(|| {
+            warp::reply::with_header(
+                include_str!("../../static/vendor/supabase.js"),
+                "content-type",
+                "application/javascript; charset=utf-8",
+            )
+        });
+    let metrics =
+        warp::path!("metrics")
+            .and(with_relay.clone())
+            .then(|relay: Arc<Relay>| async move {
+                let (connections, channels, bindings) = relay.router.counts();
+                let listening = *relay.listening.borrow();
+                let notification_queue_usage = db::notification_queue_usage(&relay.pool).await.ok();
+                let notify_lock_waiters = db::notify_lock_waiters(&relay.pool).await.ok();
+                let gauges = Gauges {
+                    connections,
+                    channels,
+                    bindings,
+                    listening,
+                    notification_queue_usage,
+                    notify_lock_waiters,
+                    ingest_mode: relay.limits.ingest.as_str(),
+                };
+                warp::reply::with_header(
+                    relay.metrics.render(&gauges),
+                    "content-type",
+                    "text/plain; version=0.0.4",
+                )
+            });
+    let ready = warp::path!("ready")
+        .and(with_relay.clone())
+        .map(|relay: Arc<Relay>| {
+            if relay.is_ready() {
+                warp::reply::with_status("ready", StatusCode::OK)
+            } else if *relay.started.borrow() {
+                warp::reply::with_status("not listening", StatusCode::SERVICE_UNAVAILABLE)
+            } else {
+                warp::reply::with_status(
+                    "waiting for the database",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
+            }
+        });
+    let changes = warp::path!("api" / "v1" / "changes")
+        .and(warp::get())
+        .and(raw_query)
+        .and(warp::header::optional::<String>("last-event-id"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_relay.clone())
+        .then(server_sent_events);
+    let max_body = u64::try_from(relay.limits.max_message_bytes).unwrap_or(u64::MAX);
+    let broadcast_batch = warp::path!("realtime" / "v1" / "api" / "broadcast")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(max_body))
+        .and(raw_query)
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::body::bytes())
+        .and(with_relay.clone())
+        .map(rest_broadcast_batch);
+    let broadcast_one =
+        warp::path!("realtime" / "v1" / "api" / "broadcast" / String / "events" / String)
+            .and(warp::post())
+            .and(raw_query)
+            .and(warp::header::optional::<String>("content-type"))
+            .and(warp::header::optional::<String>("authorization"))
+            .and(warp::body::content_length_limit(max_body))
+            .and(warp::body::bytes())
+            .and(with_relay.clone())
+            .map(rest_broadcast_one);
+    websocket
+        .or(broadcast_batch)
+        .or(broadcast_one)
+        .or(changes)
+        .or(health)
+        .or(inspector)
+        .or(demo)
+        .or(vendor)
+        .or(metrics)
+        .or(ready)
+        .or(crate::http::api::routes(
+            relay.pool.clone(),
+            relay.auth.clone(),
+        ))
+        .recover(|_rej: warp::Rejection| async {
+            Ok::<_, Infallible>(json_error(StatusCode::NOT_FOUND, "Not found"))
+        })
+}
+
+/// `GET /api/v1/changes`: validate, then stream from the change log (see `sse`).
+async fn server_sent_events(
+    query: String,
+    last_event_id: Option<String>,
+    bearer: Option<String>,
+    relay: Arc<Relay>,
+) -> warp::reply::Response {
+    use warp::Reply;
+    if !relay.is_ready() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Realtime is starting");
+    }
+    let start = match last_event_id.as_deref().map(sse::Position::parse) {
+        None => None,
+        Some(Some(p)) => Some(p),
+        Some(None) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &sse::SseError::BadLastEventId.to_string(),
+            )
+        }
+    };
+    let params = parse_query(&query);
+    let claims = match relay.identify(params.get("apikey").map(String::as_str), bearer.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
+    };
+    let access = claims.as_ref().map(|claims| channel::Access {
+        policies: &relay.policies,
+        claims,
+    });
+    let binding = match sse::binding_from_query(&relay.catalog, &params, access).await {
+        Ok(b) => b,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let (tx, rx) = sse::channel();
+    let tracker = relay.tracker.clone();
+    let mut shutdown = relay.shutdown.clone();
+    let feeder = sse::stream(
+        relay.pool.clone(),
+        relay.catalog.clone(),
+        binding,
+        start,
+        relay.watermark.clone(),
+        tx,
+    );
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = feeder => {}
+            _ = shutdown.recv() => {}
+        }
+        drop(tracker);
+    });
+    warp::sse::reply(warp::sse::keep_alive().stream(sse::body(rx))).into_response()
+}
