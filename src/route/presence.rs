@@ -1,5 +1,5 @@
 //! Presence per topic: who is tracked under which key, and the diffs that tracking and
-//! untracking produce (Phoenix Presence semantics, PROTOCOL.md §7).
+//! untracking produce (Phoenix Presence semantics, docs/protocol.md).
 //!
 //! Pure state: the router owns one [`TopicPresence`] per topic and fans the diffs out. Each
 //! channel (one per socket and topic) holds at most one meta; re-tracking replaces it, with the

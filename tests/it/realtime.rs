@@ -1,4 +1,4 @@
-//! Presence and broadcast between sockets (PROTOCOL.md §7, §8).
+//! Presence and broadcast between sockets (docs/protocol.md, "Presence" and "Broadcast").
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-// APP.md client pattern 1: channel('button-sessions') with `*` on button_holds (seed:
+// docs/app.md client pattern 1: channel('button-sessions') with `*` on button_holds (seed:
 // useSessionManager). Press = insert, release = ended_at/is_active update, cleanup = delete;
 // heartbeats (only last_heartbeat changes) must not reach the client.
 

@@ -1,4 +1,4 @@
-// The seed's channels (shared/seed, APP.md client patterns), built exactly as the app writes
+// The reference app's channels (docs/app.md, client patterns), built exactly as the app writes
 // them: same channel names, same binding objects, same order. Each takes the callbacks
 // (recorder `.cb`s) so tests can see which binding fired.
 

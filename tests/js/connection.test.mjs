@@ -1,4 +1,4 @@
-// APP.md client patterns 6 and 7:
+// docs/app.md client patterns 6 and 7:
 //   6. channel('connection-monitor') with .on('system', {}, cb) and the subscribe status
 //      callback (seed: useRealtimeConnection)
 //   7. removeChannel() of each seed channel, and the client's automatic reconnect after the

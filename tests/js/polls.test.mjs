@@ -1,4 +1,5 @@
-// APP.md client patterns 3, 4 and 5, channel names and bindings exactly as the seed writes them:
+// docs/app.md client patterns 3, 4 and 5, channel names and bindings exactly as the app writes
+// them:
 //   3. channel('polls-changes'): `*` on polls and `*` on user_votes (seed: usePolls)
 //   4. channel('statistics-updates'): INSERT on user_votes, polls, profiles (seed: useStatistics)
 //   5. channel('app-updates'): INSERT on user_votes + UPDATE on polls with

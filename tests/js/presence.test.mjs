@@ -1,5 +1,5 @@
-// APP.md client pattern 2: channel('button-presence') with presence sync, counting holders from
-// presenceState(); plus broadcast between clients.
+// docs/app.md client pattern 2: channel('button-presence') with presence sync, counting holders
+// from presenceState(); plus broadcast between clients.
 //
 // On the hold channel a track({user_id}) also makes the relay run a button_holds row for the
 // holder (started on track, ended on untrack or disconnect).

@@ -1,5 +1,6 @@
 // Every published table × INSERT/UPDATE/DELETE reaches a `*` subscriber with the row as the
-// database has it; filtered subscribers get only matching rows (APP.md "Any change → clients").
+// database has it; filtered subscribers get only matching rows (docs/app.md, "Any change
+// reaches the clients").
 
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -1,4 +1,5 @@
-// The vote-hold flow (APP.md "Vote hold", "Statistics") end to end with supabase-js:
+// The vote-hold flow (docs/app.md, "The 3-second vote hold", "Live statistics") end to end
+// with supabase-js:
 // a client holds the vote button — a presence track({user_id, poll_id}) on `button-presence`,
 // which makes the relay run the user's button_holds row — for 3 s, then casts its vote through
 // the HTTP API; the vote reaches `polls-changes` subscribers and the `statistics` live topic

@@ -1,6 +1,6 @@
 //! The polling app's HTTP JSON API under `/api/v1`: polls with their results, the app totals,
 //! the active holders, casting a vote, boosting a poll and creating a profile. It is also the
-//! app's fallback when its socket is down (APP.md "Fallback polling").
+//! app's fallback when its socket is down (docs/app.md, "Fallback polling").
 //!
 //! The rules live in SQL (`sql/V4__polls_domain.sql`, owned by DBAs): this folder validates the
 //! request's shape, calls `public.cast_vote` / `public.boost_poll` or reads the cache tables,
