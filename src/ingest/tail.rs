@@ -276,7 +276,11 @@ impl Reader {
         };
         let now: String = first.try_get(0)?;
         if let Ok(Some(flag)) = first.try_get::<_, Option<bool>>(1) {
+            // Another relay (or a DBA) may have flipped it.
             state.doorbell = flag;
+            self.metrics
+                .ingest_tailing
+                .store(u64::from(!flag), std::sync::atomic::Ordering::Relaxed);
         }
         let mut last_tx = None;
         let mut newest = None;

@@ -115,12 +115,16 @@ struct Point {
     lock_waiters_max: i64,
     relay_reads_per_s: f64,
     relay_cpu_pct: f64,
+    /// Commit→routing latency inside the relay (its `/metrics` histogram bucket bounds), which
+    /// leaves out the subscribers' own scheduling on a shared machine.
+    relay_p50_ms: f64,
+    relay_p99_ms: f64,
 }
 
 impl Point {
     fn json(&self, rep: usize) -> String {
         format!(
-            "{{\"scenario\":\"writecost\",\"rep\":{rep},\"setup\":\"{}\",\"writers\":{},\"commits_per_s\":{:.1},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"committed\":{},\"delivered\":{},\"duplicates\":{},\"lock_waiters_mean\":{:.2},\"lock_waiters_max\":{},\"relay_reads_per_s\":{:.1},\"relay_cpu_pct\":{:.1}}}",
+            "{{\"scenario\":\"writecost\",\"rep\":{rep},\"setup\":\"{}\",\"writers\":{},\"commits_per_s\":{:.1},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"committed\":{},\"delivered\":{},\"duplicates\":{},\"lock_waiters_mean\":{:.2},\"lock_waiters_max\":{},\"relay_reads_per_s\":{:.1},\"relay_cpu_pct\":{:.1},\"relay_p50_ms\":{},\"relay_p99_ms\":{}}}",
             self.setup.as_str(),
             self.writers,
             self.commits_per_s,
@@ -132,7 +136,9 @@ impl Point {
             self.lock_waiters_mean,
             self.lock_waiters_max,
             self.relay_reads_per_s,
-            self.relay_cpu_pct
+            self.relay_cpu_pct,
+            self.relay_p50_ms,
+            self.relay_p99_ms
         )
     }
 }
@@ -156,11 +162,13 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
             for &setup in &opts.setups {
                 let p = point(&bin, &opts, setup, Load::Flat(w)).await?;
                 eprintln!(
-                    "rep {rep} writers {w:>2} {:<8} {:>8.0} commits/s  p50 {:>7.2} ms  p99 {:>7.2} ms  delivered {}/{} dup {}  lock waiters {:.1} (max {})",
+                    "rep {rep} writers {w:>2} {:<8} {:>8.0} commits/s  p50 {:>7.2} ms  p99 {:>7.2} ms  (relay ≤{} / ≤{} ms)  delivered {}/{} dup {}  lock waiters {:.1} (max {})",
                     setup.as_str(),
                     p.commits_per_s,
                     p.p50_ms,
                     p.p99_ms,
+                    p.relay_p50_ms,
+                    p.relay_p99_ms,
                     p.delivered,
                     p.committed,
                     p.duplicates,
@@ -178,8 +186,8 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
         "\nmedians of {} interleaved runs (commits/s; latency commit→client)",
         opts.reps
     );
-    eprintln!("| writers | setup | commits/s | ÷ none | p50 ms | p99 ms | delivered/committed | NOTIFY-lock waiters (mean / max) |");
-    eprintln!("|---|---|---|---|---|---|---|---|");
+    eprintln!("| writers | setup | commits/s | ÷ none | p50 ms | p99 ms | relay p50 / p99 ms (bucket bound) | delivered/committed | NOTIFY-lock waiters (mean / max) |");
+    eprintln!("|---|---|---|---|---|---|---|---|---|");
     for &w in &opts.writers {
         let none = points
             .get(&(w, "none"))
@@ -194,12 +202,14 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
                 .iter()
                 .fold((0, 0), |(d, c), p| (d + p.delivered, c + p.committed));
             let latency = if setup == Setup::None {
-                "– | –".to_owned()
+                "– | – | –".to_owned()
             } else {
                 format!(
-                    "{:.1} | {:.1}",
+                    "{:.1} | {:.1} | ≤{} / ≤{}",
                     median(ps.iter().map(|p| p.p50_ms)),
-                    median(ps.iter().map(|p| p.p99_ms))
+                    median(ps.iter().map(|p| p.p99_ms)),
+                    median(ps.iter().map(|p| p.relay_p50_ms)),
+                    median(ps.iter().map(|p| p.relay_p99_ms))
                 )
             };
             eprintln!(
@@ -215,8 +225,8 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
             "\nquiet load ({} commits/s, 4 clients) and idle (no writes, 10 s)",
             opts.quiet_rate
         );
-        eprintln!("| setup | p50 ms | p99 ms | relay reads/s | relay CPU % | idle reads/s | idle relay CPU % |");
-        eprintln!("|---|---|---|---|---|---|---|");
+        eprintln!("| setup | p50 ms | p99 ms | relay p50 / p99 ms | relay reads/s | relay CPU % | idle reads/s | idle relay CPU % |");
+        eprintln!("|---|---|---|---|---|---|---|---|");
         for &setup in opts.setups.iter().filter(|s| **s != Setup::None) {
             let q = point(&bin, &opts, setup, Load::Rate(opts.quiet_rate)).await?;
             let idle = point(&bin, &opts, setup, Load::Idle).await?;
@@ -225,10 +235,12 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
                 println!("{}", idle.json(usize::MAX));
             }
             eprintln!(
-                "| {} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.2} |",
+                "| {} | {:.2} | {:.2} | ≤{} / ≤{} | {:.0} | {:.1} | {:.1} | {:.2} |",
                 setup.as_str(),
                 q.p50_ms,
                 q.p99_ms,
+                q.relay_p50_ms,
+                q.relay_p99_ms,
                 q.relay_reads_per_s,
                 q.relay_cpu_pct,
                 idle.relay_reads_per_s,
@@ -345,7 +357,7 @@ async fn measure(
         )));
     }
     let before_cpu = crate::procfs::cpu_ticks(relay.pid);
-    let before_reads = relay_reads(relay).await;
+    let before_reads = relay_reads(&relay_metrics(relay).await);
     let started = Instant::now();
 
     // The NOTIFY-lock sampler.
@@ -388,7 +400,12 @@ async fn measure(
     // Let deliveries in flight land.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_cpu = crate::procfs::cpu_ticks(relay.pid);
-    let after_reads = relay_reads(relay).await;
+    let after_metrics = relay_metrics(relay).await;
+    let after_reads = relay_reads(&after_metrics);
+    let (relay_p50_ms, relay_p99_ms) = (
+        histogram_bound_ms(&after_metrics, 0.5),
+        histogram_bound_ms(&after_metrics, 0.99),
+    );
     stop.store(true, Ordering::Relaxed);
     let mut hist = Histogram::default();
     let mut seen = std::collections::HashSet::new();
@@ -439,6 +456,8 @@ async fn measure(
         lock_waiters_max: samples.iter().copied().max().unwrap_or(0),
         relay_reads_per_s: (after_reads - before_reads) / secs,
         relay_cpu_pct: 100.0 * ticks / crate::procfs::clk_tck() as f64 / secs,
+        relay_p50_ms,
+        relay_p99_ms,
     })
 }
 
@@ -499,8 +518,8 @@ fn record_id(frame: &[u8]) -> Option<i64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
-/// `pgrelay_ingest_reads_total` from the relay's `/metrics`.
-async fn relay_reads(relay: &Relay) -> f64 {
+/// The relay's `/metrics` text ("" if it does not answer).
+async fn relay_metrics(relay: &Relay) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = async {
         let mut s = tokio::net::TcpStream::connect(relay.addr).await?;
@@ -510,14 +529,47 @@ async fn relay_reads(relay: &Relay) -> f64 {
         s.read_to_end(&mut buf).await?;
         Ok::<_, std::io::Error>(buf)
     };
-    let Ok(Ok(buf)) = tokio::time::timeout(Duration::from_secs(5), io).await else {
-        return 0.0;
-    };
-    String::from_utf8_lossy(&buf)
+    match tokio::time::timeout(Duration::from_secs(5), io).await {
+        Ok(Ok(buf)) => String::from_utf8_lossy(&buf).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// `pgrelay_ingest_reads_total`.
+fn relay_reads(metrics: &str) -> f64 {
+    metrics
         .lines()
         .find_map(|l| l.strip_prefix("pgrelay_ingest_reads_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The upper bound (ms) of the commit→send histogram bucket holding quantile `q`: the relay's
+/// own view of latency, to the resolution of its buckets.
+fn histogram_bound_ms(metrics: &str, q: f64) -> f64 {
+    let mut buckets = Vec::new();
+    for l in metrics.lines() {
+        let Some(rest) = l.strip_prefix("pgrelay_commit_to_send_seconds_bucket{le=\"") else {
+            continue;
+        };
+        let Some((le, n)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let bound = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::INFINITY)
+        };
+        buckets.push((bound, n.trim().parse::<f64>().unwrap_or(0.0)));
+    }
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        return 0.0;
+    }
+    buckets
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map_or(f64::INFINITY, |(b, _)| b * 1000.0)
 }
 
 /// Run pgbench against `url`: single-row INSERTs, `writers` clients, for `total`.
