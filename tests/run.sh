@@ -10,6 +10,30 @@ cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
+# Every prerequisite first, in one message, rather than failing minutes in.
+export CHROMIUM_PATH="${CHROMIUM_PATH:-/usr/bin/chromium}"
+missing=()
+db_url="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+if ! command -v pg_isready >/dev/null || ! pg_isready -q -d "$db_url" 2>/dev/null; then
+  missing+=("PostgreSQL >= 14 answering at $db_url (set TEST_DATABASE_URL for another)")
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  missing+=("Node.js 20 or newer with npm")
+elif [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  missing+=("Node.js 20 or newer (found $(node --version))")
+fi
+if [ ! -x "$CHROMIUM_PATH" ]; then
+  missing+=("Chromium at $CHROMIUM_PATH (apt-get install chromium, or set CHROMIUM_PATH)")
+fi
+if ! command -v cargo >/dev/null; then
+  missing+=("Rust (cargo)")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "tests/run.sh: cannot run the suites; missing:" >&2
+  printf '  - %s\n' "${missing[@]}" >&2
+  exit 1
+fi
+
 echo "== cargo test"
 cargo build --locked --bins
 cargo test --locked 2>&1 | tee "$log"
@@ -35,11 +59,6 @@ if ! grep -E '^(# |ℹ )pass [1-9]' "$log" >/dev/null; then
 fi
 
 echo "== browser (tests/browser: /demo and the inspector in headless Chromium)"
-export CHROMIUM_PATH="${CHROMIUM_PATH:-/usr/bin/chromium}"
-if [ ! -x "$CHROMIUM_PATH" ]; then
-  echo "tests/run.sh: no Chromium at $CHROMIUM_PATH (apt-get install chromium, or set CHROMIUM_PATH): failing" >&2
-  exit 1
-fi
 (
   cd tests/browser
   npm ci --no-audit --no-fund --loglevel=error

@@ -50,6 +50,10 @@ pub const SAFETY_READ: Duration = Duration::from_millis(500);
 /// How long the commit rate must stay low before `adaptive` turns the doorbell back on. Long
 /// enough that a bursty load does not flip the switch on every lull.
 pub const QUIET_FOR: Duration = Duration::from_secs(5);
+/// While tailing and changes flow, the pause between two reads: long enough to gather a batch,
+/// short enough that a change waits for the next read no longer than the read itself takes.
+/// An idle log is read every `tail_interval` only.
+const BUSY_READ_GAP: Duration = Duration::from_millis(1);
 /// Server-sent event streams follow the reader's snapshots; each new one makes every stream
 /// read its window from the log, so they are published at most this often.
 const WATERMARK_EVERY: Duration = Duration::from_millis(50);
@@ -123,6 +127,9 @@ struct State {
     quiet_since: Option<Instant>,
     last_watermark: Option<Instant>,
     watermark_pending: bool,
+    /// The last read found changes: while they flow, the next read follows after
+    /// [`BUSY_READ_GAP`] instead of the full `tail_interval`.
+    busy: bool,
 }
 
 impl Reader {
@@ -137,6 +144,7 @@ impl Reader {
             quiet_since: None,
             last_watermark: None,
             watermark_pending: false,
+            busy: false,
         };
         info!(
             mode = self.cfg.mode.as_str(),
@@ -247,7 +255,9 @@ impl Reader {
             || state.settling_until.is_some()
             || !*self.listening.borrow()
             || self.cfg.mode == IngestMode::Tail;
-        let wait = if tailing {
+        let wait = if tailing && state.busy {
+            self.cfg.tail_interval.min(BUSY_READ_GAP)
+        } else if tailing {
             self.cfg.tail_interval
         } else {
             SAFETY_READ
@@ -327,6 +337,7 @@ impl Reader {
             }
         }
         let changed = last_tx.is_some();
+        state.busy = changed;
         state.prev = Some(now);
         self.publish(state, changed);
         Ok(())

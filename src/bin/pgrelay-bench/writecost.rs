@@ -97,6 +97,11 @@ pub(crate) struct WriteCostOpts {
     /// Print one JSON line per point on stdout (the tables go to stderr).
     #[arg(long)]
     json: bool,
+    /// Renice the relay and its reader's PostgreSQL backend to this niceness (e.g. -10; needs
+    /// root). On a machine where the database, the writers and the relay share two cores, this
+    /// stands in for the relay having a core of its own, as in production; 0 leaves them be.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    relay_nice: i32,
 }
 
 /// One measured point.
@@ -312,6 +317,26 @@ async fn point_in(
         &[format!("--ingest={mode}")],
     )
     .await?;
+    if opts.relay_nice != 0 {
+        renice(relay.pid, opts.relay_nice).await?;
+        // The reader's backend: its name is set by the relay.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let row = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgrelay reader' \
+                 AND datname = current_database()",
+                &[],
+            )
+            .await
+            .map_err(|e| format!("reader backend: {e}"))?;
+        if let Some(row) = row {
+            renice(
+                u32::try_from(row.get::<_, i32>(0)).unwrap_or(0),
+                opts.relay_nice,
+            )
+            .await?;
+        }
+    }
     let result = measure(opts, setup, load, db, &relay).await;
     relay.stop().await?;
     result
@@ -516,6 +541,29 @@ fn record_id(frame: &[u8]) -> Option<i64> {
         .take_while(u8::is_ascii_digit)
         .collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// Renice every thread of `pid` (Linux sets a niceness per thread; threads started later
+/// inherit it from the one that starts them).
+async fn renice(pid: u32, niceness: i32) -> Result<(), String> {
+    let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("threads of {pid}: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    let status = Command::new("renice")
+        .args(["-n", &niceness.to_string(), "-p"])
+        .args(&tids)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .map_err(|e| format!("renice: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "renice -n {niceness} -p {pid} failed (root needed)"
+        ))
+    }
 }
 
 /// The relay's `/metrics` text ("" if it does not answer).
