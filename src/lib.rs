@@ -12,8 +12,8 @@
 //!   install, catalog and change-log reads; the private PostgreSQL of a zero-configuration
 //!   start; the cleanup loop that ends stale holds and prunes the change log.
 //! - [`ingest`]: from PostgreSQL to an ordered stream of decoded [`ingest::change::Change`]s:
-//!   the LISTEN session, payload decoding and the column cache, watermarks, de-duplication
-//!   and catch-up after a lost session.
+//!   the change-log reader (every change, exactly once, by snapshot), the LISTEN session whose
+//!   notifications only say "read now", and decoding with the per-table column cache.
 //! - [`route`]: from a `Change` to frames on socket queues: the topic registry (subscriptions,
 //!   presence members, broadcast fan-out), filters, read policies and live aggregate topics.
 //! - [`realtime`]: one client's WebSocket: the upgrade, the socket loop, channel joins, and
