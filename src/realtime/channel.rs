@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::Claims;
 use crate::ingest::change::{Catalog, Op};
-use crate::route::bindings::{Hidden, NewBinding, Scope};
+use crate::route::bindings::{Hidden, NewBinding, Scope, INTERNAL_SCHEMA};
 use crate::route::filter;
 use crate::route::policy::Policies;
 use crate::route::topic::TopicKey;
@@ -337,6 +337,13 @@ async fn validate_one(
         },
     };
 
+    if scope.is_internal() && access.is_none_or(|a| a.claims.role != "service_role") {
+        return Err(format!(
+            "Unauthorized: schema {INTERNAL_SCHEMA} is internal to the relay; only service_role \
+             may subscribe to it: {}",
+            describe(b)
+        ));
+    }
     match &scope {
         Scope::Wildcard { schema } => {
             if access.is_some_and(|a| a.policies.any_in(schema.as_deref())) {

@@ -29,6 +29,36 @@ pub enum Scope {
     },
 }
 
+/// The relay's own schema (change log, policies, the ingest switch). Its published tables
+/// (the policy tables, so the relay sees edits) are no one's business but `service_role`'s,
+/// which must name the schema: a wildcard over every schema never covers it.
+pub const INTERNAL_SCHEMA: &str = "pgrelay";
+
+impl Scope {
+    /// Whether a change of `schema.table` is in this scope.
+    pub fn covers(&self, schema: &str, table: &str) -> bool {
+        match self {
+            Scope::Table {
+                schema: s,
+                table: t,
+            } => s == schema && t == table,
+            Scope::Wildcard { schema: Some(s) } => s == schema,
+            Scope::Wildcard { schema: None } => schema != INTERNAL_SCHEMA,
+        }
+    }
+
+    /// Whether this scope reaches into [`INTERNAL_SCHEMA`].
+    pub fn is_internal(&self) -> bool {
+        match self {
+            Scope::Table { schema, .. }
+            | Scope::Wildcard {
+                schema: Some(schema),
+            } => schema == INTERNAL_SCHEMA,
+            Scope::Wildcard { schema: None } => false,
+        }
+    }
+}
+
 /// Columns a subscriber may not see (read policies), sorted; empty for most.
 pub type Hidden = Arc<[String]>;
 
@@ -53,11 +83,7 @@ impl NewBinding {
     /// Whether this binding wants `change` (for readers outside the router: server-sent
     /// events).
     pub fn matches(&self, change: &Change) -> bool {
-        let in_scope = match &self.scope {
-            Scope::Table { schema, table } => *schema == change.schema && *table == change.table,
-            Scope::Wildcard { schema } => schema.as_ref().is_none_or(|s| *s == change.schema),
-        };
-        in_scope
+        self.scope.covers(&change.schema, &change.table)
             && self.event.is_none_or(|e| e == change.op)
             && matches(self.filter.as_ref(), change)
     }
@@ -287,10 +313,8 @@ impl Bindings {
         }
         for &id in &self.wildcards {
             if let Some(b) = self.bindings.get(&id) {
-                if let Scope::Wildcard { schema } = &b.key.scope {
-                    if schema.as_ref().is_none_or(|s| *s == change.schema) {
-                        candidates.push(id);
-                    }
+                if b.key.scope.covers(&change.schema, &change.table) {
+                    candidates.push(id);
                 }
             }
         }

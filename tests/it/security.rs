@@ -68,3 +68,118 @@ async fn a_table_owner_cannot_become_superuser_through_a_json_cast() {
         .unwrap();
     relay.stop().await;
 }
+
+mod internal_schema {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use serde_json::{json, Value};
+    use std::time::Duration;
+
+    use crate::support::*;
+
+    const SECRET: &str = "test-secret-with-enough-length";
+
+    fn token(role: &str) -> String {
+        let exp = chrono::Utc::now().timestamp() + 3600;
+        encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"role": role, "exp": exp}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    async fn connect(relay: &Relay, apikey: &str) -> Ws {
+        let url = format!(
+            "ws://{}/realtime/v1/websocket?apikey={apikey}&vsn=2.0.0",
+            relay.addr
+        );
+        Ws::connect(&url, "2.0.0").await
+    }
+
+    async fn refused(ws: &mut Ws, topic: &str, bindings: Value) {
+        let (_, reply) = ws.join(topic, bindings).await;
+        assert_eq!(reply["status"], "ok", "{reply}");
+        let sys = ws.recv().await;
+        assert_eq!(sys.event, "system");
+        assert_eq!(sys.payload["status"], "error");
+        let message = sys.payload["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(
+                "Unauthorized: schema pgrelay is internal to the relay; only service_role may subscribe to it"
+            ),
+            "{message}"
+        );
+    }
+
+    async fn add_policy(db: &tokio_postgres::Client, role: &str) {
+        db.execute(
+            "INSERT INTO pgrelay.read_policies (table_name, role, row_filter) \
+             VALUES ('polls', $1, 'status=eq.active')",
+            &[&role],
+        )
+        .await
+        .unwrap();
+    }
+
+    /// With auth off nobody is service_role: the relay's tables are refused by name and by
+    /// schema wildcard, and a wildcard over every schema does not carry them.
+    #[tokio::test]
+    async fn without_auth_no_one_reads_the_relay_schema() {
+        let relay = start_relay().await;
+        let db = relay.db().await;
+        let mut ws = relay.ws("2.0.0").await;
+        refused(
+            &mut ws,
+            "realtime:p1",
+            json!([{"event":"*","schema":"pgrelay","table":"read_policies"}]),
+        )
+        .await;
+        refused(
+            &mut ws,
+            "realtime:p2",
+            json!([{"event":"*","schema":"pgrelay","table":"*"}]),
+        )
+        .await;
+        let mut every = relay.ws("2.0.0").await;
+        every
+            .subscribe(
+                "realtime:all",
+                json!([{"event":"*","schema":"*","table":"*"}]),
+            )
+            .await;
+        add_policy(&db, "anon").await;
+        db.execute("INSERT INTO profiles (username) VALUES ('visible')", &[])
+            .await
+            .unwrap();
+        let f = every.recv_event("postgres_changes").await;
+        assert_eq!(f.payload["data"]["schema"], "public");
+        assert_eq!(f.payload["data"]["table"], "profiles");
+        assert_eq!(f.payload["data"]["record"]["username"], "visible");
+        every.expect_silence(Duration::from_millis(800)).await;
+        ws.expect_silence(Duration::from_millis(200)).await;
+        relay.stop().await;
+    }
+
+    /// With auth on, anon and authenticated tokens are refused; service_role names the schema
+    /// and gets the policy rows.
+    #[tokio::test]
+    async fn with_auth_only_service_role_reads_the_relay_schema() {
+        let relay = start_relay_with(|c| c.jwt_secret = Some(SECRET.into())).await;
+        let db = relay.db().await;
+        let policies = json!([{"event":"INSERT","schema":"pgrelay","table":"read_policies"}]);
+        for role in ["anon", "authenticated"] {
+            let mut ws = connect(&relay, &token(role)).await;
+            refused(&mut ws, "realtime:policies", policies.clone()).await;
+        }
+        let mut service = connect(&relay, &token("service_role")).await;
+        service.subscribe("realtime:policies", policies).await;
+        add_policy(&db, "authenticated").await;
+        let f = service.recv_event("postgres_changes").await;
+        let data = &f.payload["data"];
+        assert_eq!(data["schema"], "pgrelay");
+        assert_eq!(data["table"], "read_policies");
+        assert_eq!(data["record"]["role"], "authenticated");
+        assert_eq!(data["record"]["row_filter"], "status=eq.active");
+        relay.stop().await;
+    }
+}
