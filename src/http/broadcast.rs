@@ -9,6 +9,7 @@ use crate::auth::Claims;
 use crate::http::query::{parse_query, percent_decode};
 use crate::http::relay::{json_error, Relay};
 use crate::protocol::TOPIC_PREFIX;
+use crate::route::live::LiveQueries;
 use crate::route::policy::ChannelAction;
 use crate::route::topic::{Broadcast, TopicKey};
 
@@ -47,8 +48,8 @@ pub(crate) fn rest_broadcast_batch(
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
     };
     // All or nothing: a batch with one message the caller may not send sends none.
-    for m in batch.messages.iter().filter(|m| m.private) {
-        if let Some(refusal) = private_send_refusal(&relay, claims.as_ref(), &m.topic) {
+    for m in &batch.messages {
+        if let Some(refusal) = send_refusal(&relay, claims.as_ref(), &m.topic, m.private) {
             return refusal;
         }
     }
@@ -68,12 +69,27 @@ pub(crate) fn rest_broadcast_batch(
     warp::reply::with_status(warp::reply(), StatusCode::ACCEPTED).into_response()
 }
 
-/// 403 when auth is on and no channel policy lets the caller broadcast on private `topic`.
-fn private_send_refusal(
+/// 403 when the relay publishes on `topic` (a live topic), or when auth is on and no channel
+/// policy lets the caller broadcast on private `topic`.
+fn send_refusal(
     relay: &Relay,
     claims: Option<&Claims>,
     topic: &str,
+    private: bool,
 ) -> Option<warp::reply::Response> {
+    let key = TopicKey {
+        private,
+        topic: format!("{TOPIC_PREFIX}{topic}").into(),
+    };
+    if relay.live.get().is_some_and(|live| live.publishes(&key)) {
+        return Some(json_error(
+            StatusCode::FORBIDDEN,
+            &LiveQueries::refusal(&key),
+        ));
+    }
+    if !private {
+        return None;
+    }
     let refusal = relay
         .policies
         .check_channel(topic, claims?, ChannelAction::Send)
@@ -106,10 +122,8 @@ pub(crate) fn rest_broadcast_one(
         .get("private")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let (topic, event) = (percent_decode(&topic), percent_decode(&event));
-    if private {
-        if let Some(refusal) = private_send_refusal(&relay, claims.as_ref(), &topic) {
-            return refusal;
-        }
+    if let Some(refusal) = send_refusal(&relay, claims.as_ref(), &topic, private) {
+        return refusal;
     }
     if body.len() > relay.limits.max_broadcast_payload_bytes {
         return json_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");

@@ -121,6 +121,21 @@ impl LiveQueries {
         }
     }
 
+    /// Whether the relay publishes on `key`: a client must not send there, or subscribers
+    /// would take its messages for the relay's own. Live topics are public channels; a private
+    /// channel of the same name is another topic.
+    pub fn publishes(&self, key: &TopicKey) -> bool {
+        !key.private && self.defs.iter().any(|d| d.topic == key.topic)
+    }
+
+    /// The refusal for a client's send on a topic the relay [`publishes`](Self::publishes).
+    pub fn refusal(key: &TopicKey) -> String {
+        let name = key.topic.strip_prefix(TOPIC_PREFIX).unwrap_or(&key.topic);
+        format!(
+            "Unauthorized: the relay publishes on this topic; clients may not send to it: {name}"
+        )
+    }
+
     /// The current value for a topic (`realtime:<name>`), as broadcast payload JSON.
     pub fn current(&self, topic: &str) -> Option<String> {
         let name = &self.defs.iter().find(|d| &*d.topic == topic)?.name;

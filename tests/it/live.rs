@@ -108,3 +108,72 @@ async fn active_holds_follow_starts_and_ends() {
     ws.expect_silence(Duration::from_millis(700)).await;
     relay.stop().await;
 }
+
+/// A client cannot speak for the relay: broadcasts to a live topic are refused on the socket
+/// and through both REST endpoints, and the topic's subscribers see nothing of them. A private
+/// channel of the same name is another topic and stays the clients' own.
+#[tokio::test]
+async fn clients_cannot_send_on_a_topic_the_relay_publishes() {
+    let relay = start_relay().await;
+    let mut watcher = relay.ws("2.0.0").await;
+    join_live(&mut watcher, "statistics").await;
+
+    let mut faker = relay.ws("2.0.0").await;
+    let topic = "realtime:statistics";
+    let (jr, _) = faker
+        .join_with(
+            topic,
+            json!({"config":{"broadcast":{"ack":true,"self":false},"postgres_changes":[]}}),
+        )
+        .await;
+    let _current = faker.recv().await;
+    faker
+        .push(
+            Some(&jr),
+            "f1",
+            topic,
+            "broadcast",
+            json!({"type":"broadcast","event":"update","payload":{"name":"statistics","rows":[{"votes":999999}]}}),
+        )
+        .await;
+    let reply = faker.recv().await;
+    assert_eq!(reply.event, "phx_reply");
+    assert_eq!(reply.payload["status"], "error");
+    assert_eq!(
+        reply.payload["response"]["reason"],
+        "Unauthorized: the relay publishes on this topic; clients may not send to it: statistics"
+    );
+
+    let fake = json!({"name":"statistics","rows":[{"votes":999999}]}).to_string();
+    let batch = json!({"messages":[{"topic":"statistics","event":"update","payload":{"rows":[]}}]})
+        .to_string();
+    let (status, body) = http_post(
+        relay.addr,
+        "/realtime/v1/api/broadcast",
+        "application/json",
+        batch.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("the relay publishes on this topic"), "{body}");
+    let (status, body) = http_post(
+        relay.addr,
+        "/realtime/v1/api/broadcast/statistics/events/update",
+        "application/json",
+        fake.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    watcher.expect_silence(Duration::from_millis(800)).await;
+
+    // The private channel of the same name is not the relay's.
+    let (status, body) = http_post(
+        relay.addr,
+        "/realtime/v1/api/broadcast/statistics/events/update?private=true",
+        "application/json",
+        fake.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    relay.stop().await;
+}

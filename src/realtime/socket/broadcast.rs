@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::protocol;
 use crate::realtime::channel::Joined;
 use crate::realtime::socket::Socket;
+use crate::route::live::LiveQueries;
 use crate::route::policy::ChannelAction;
 use crate::route::topic::Broadcast;
 
@@ -61,8 +62,17 @@ where
         Ok(())
     }
 
-    /// On a private channel with auth on, a channel policy must grant sending.
+    /// Never on a topic the relay publishes; on a private channel with auth on, a channel
+    /// policy must grant sending.
     fn check_may_send(&self, joined: &Joined) -> Result<(), String> {
+        if self
+            .ctx
+            .live
+            .as_ref()
+            .is_some_and(|live| live.publishes(&joined.key))
+        {
+            return Err(LiveQueries::refusal(&joined.key));
+        }
         self.check_private(
             joined.key.private,
             joined.claims.as_ref(),
