@@ -43,6 +43,8 @@ pub struct Channels {
 pub enum JoinError {
     #[error("TopicNameRequired: You must provide a topic name")]
     TopicNameRequired,
+    #[error("TopicNameTooLong: a topic name may have at most {MAX_TOPIC_BYTES} bytes")]
+    TopicNameTooLong,
     #[error("ChannelRateLimitReached: Too many channels")]
     TooManyChannels,
     #[error("MalformedJoin: {0}")]
@@ -53,11 +55,17 @@ impl JoinError {
     pub fn code(&self) -> &'static str {
         match self {
             JoinError::TopicNameRequired => "TopicNameRequired",
+            JoinError::TopicNameTooLong => "TopicNameTooLong",
             JoinError::TooManyChannels => "ChannelRateLimitReached",
             JoinError::Malformed(_) => "MalformedJoin",
         }
     }
 }
+
+/// Longest topic name (after `realtime:`) a channel may have. Each joined channel keeps its
+/// name for its life, in the socket and in the router; names are identifiers in practice
+/// (`polls-changes`, `room:42`), and 255 bytes leaves room for any of them.
+pub const MAX_TOPIC_BYTES: usize = 255;
 
 /// The parts of a `phx_join` payload the relay acts on.
 #[derive(Debug)]

@@ -315,3 +315,29 @@ async fn both_socket_paths_and_vsn_checks() {
     }
     relay.stop().await;
 }
+
+/// Topic names are capped: a joined channel keeps its name for its life, so 100 channels of
+/// 1 MB names would pin 100 MB per socket. The longest allowed name joins; one byte more is
+/// refused with a reason, and the socket carries on.
+#[tokio::test]
+async fn topic_names_longer_than_255_bytes_are_refused() {
+    let relay = start_relay().await;
+    let mut ws = relay.ws("2.0.0").await;
+    let longest = format!("realtime:{}", "t".repeat(255));
+    let (_, reply) = ws.join_with(&longest, json!({"config":{}})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    for name in ["u".repeat(256), "v".repeat(1 << 20)] {
+        let (_, reply) = ws
+            .join_with(&format!("realtime:{name}"), json!({"config":{}}))
+            .await;
+        assert_eq!(reply["status"], "error");
+        assert_eq!(
+            reply["response"]["reason"],
+            "TopicNameTooLong: a topic name may have at most 255 bytes"
+        );
+    }
+    // Still usable.
+    let (_, reply) = ws.join_with("realtime:short", json!({"config":{}})).await;
+    assert_eq!(reply["status"], "ok");
+    relay.stop().await;
+}

@@ -275,6 +275,9 @@ where
         if name.is_empty() {
             return Err(JoinError::TopicNameRequired);
         }
+        if name.len() > channel::MAX_TOPIC_BYTES {
+            return Err(JoinError::TopicNameTooLong);
+        }
         if self.channels.by_topic.len() >= self.ctx.limits.max_channels_per_client {
             return Err(JoinError::TooManyChannels);
         }
