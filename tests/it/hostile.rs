@@ -491,7 +491,12 @@ fn cases() -> Vec<Case> {
             malformed(V2, json!("x".repeat(256)), "phoenix",
                 "invalid type: integer `5`, expected a string at line 1 column 1048586"),
         ]),
-        case("join a 1 MB topic", V2, join_empty(V2, "1", &format!("realtime:{mb}")).into()),
+        case("join a 1 MB topic (names are capped at 255 bytes)", V2, vec![
+            push(V2, json!("1"), json!("1"), &format!("realtime:{mb}"), "phx_join",
+                json!({"config": {"postgres_changes": []}})),
+            reply_err(V2, json!("1"), json!("1"), &format!("realtime:{mb}"),
+                "TopicNameTooLong: a topic name may have at most 255 bytes"),
+        ]),
         case("push to an unjoined 1 MB topic", V2, vec![
             push(V2, json!("1"), json!("2"), &format!("realtime:{mb}"), "broadcast", json!({})),
             reply_err(V2, null(), json!("2"), &format!("realtime:{mb}"), "unmatched topic"),
