@@ -41,15 +41,18 @@ pub enum AuthError {
     Signature,
     #[error("Fields `role` and `exp` are required in JWT")]
     MissingFields,
+    #[error("Field `exp` must be a time in seconds between 1970 and 9999")]
+    BadExpiry,
 }
 
 impl AuthError {
     /// The PascalCase code Supabase puts in front of join errors.
     pub fn code(&self) -> &'static str {
         match self {
-            AuthError::Missing | AuthError::Expired(_) | AuthError::MissingFields => {
-                "InvalidJWTToken"
-            }
+            AuthError::Missing
+            | AuthError::Expired(_)
+            | AuthError::MissingFields
+            | AuthError::BadExpiry => "InvalidJWTToken",
             AuthError::Malformed => "MalformedJWT",
             AuthError::Signature => "JwtSignatureError",
         }
@@ -174,12 +177,16 @@ impl Verifier {
 
 fn claims(map: &serde_json::Map<String, Value>, now: i64) -> Result<Claims, AuthError> {
     let role = map.get("role").and_then(Value::as_str);
-    let exp = map
-        .get("exp")
-        .and_then(|e| e.as_i64().or_else(|| e.as_f64().map(|f| f as i64)));
+    let exp = map.get("exp").and_then(Value::as_f64);
     let (Some(role), Some(exp)) = (role, exp) else {
         return Err(AuthError::MissingFields);
     };
+    // A NumericDate this side of the year 10000: `1e300` is not "never expires", and
+    // `-2^63` is not an expiry to subtract from now.
+    if !(0.0..=MAX_EXP as f64).contains(&exp) {
+        return Err(AuthError::BadExpiry);
+    }
+    let exp = exp as i64;
     let claims = Claims {
         sub: map.get("sub").and_then(Value::as_str).map(str::to_owned),
         role: role.to_owned(),
@@ -190,6 +197,9 @@ fn claims(map: &serde_json::Map<String, Value>, now: i64) -> Result<Claims, Auth
         None => Ok(claims),
     }
 }
+
+/// 9999-12-31T23:59:59Z: the last `exp` accepted.
+const MAX_EXP: i64 = 253_402_300_799;
 
 /// Seconds since the epoch.
 pub fn now() -> i64 {
@@ -239,6 +249,15 @@ mod tests {
             v.verify(&expired, now).unwrap_err().reason(),
             "InvalidJWTToken: Token has expired 5 seconds ago"
         );
+        for exp in [
+            json!(1e300),
+            json!(-9.223_372_036_854_776e18),
+            json!(253_402_300_800_i64),
+            json!(-1),
+        ] {
+            let odd = token("s3cret", json!({"role":"anon","exp":exp}));
+            assert_eq!(v.verify(&odd, now), Err(AuthError::BadExpiry), "exp {exp}");
+        }
         let forged = token("other", json!({"role":"service_role","exp":now + 60}));
         assert_eq!(v.verify(&forged, now), Err(AuthError::Signature));
         let no_role = token("s3cret", json!({"exp":now + 60}));

@@ -1018,3 +1018,22 @@ async fn joins_and_messages_per_second_are_limited_per_socket() {
     assert_eq!(close.reason.as_str(), "Too many joins per second");
     relay.stop().await;
 }
+
+/// `exp` must be a real time: `1e300` is not "never expires" and `-2^63` is not an expiry to
+/// count seconds from. Both are refused at connect and over HTTP.
+#[tokio::test]
+async fn absurd_expiry_times_are_refused() {
+    let relay = secured().await;
+    for exp in [json!(1e300), json!(-9.223_372_036_854_776e18)] {
+        let t = token(json!({"role":"anon","exp":exp}));
+        assert_eq!(
+            refused(&relay, &format!("apikey={t}&vsn=2.0.0")).await,
+            (
+                401,
+                r#"{"error":"Field `exp` must be a time in seconds between 1970 and 9999"}"#.into()
+            ),
+            "exp {exp}"
+        );
+    }
+    relay.stop().await;
+}
