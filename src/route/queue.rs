@@ -73,16 +73,19 @@ pub struct SocketShared {
 
 impl SocketShared {
     /// Ask the socket task to close with `why`. The first reason wins.
-    pub fn cut_off(&self, why: CutOff) {
+    /// Returns whether this call cut it off: false when it already was (a full queue fails
+    /// every change until the socket task has gone).
+    pub fn cut_off(&self, why: CutOff) -> bool {
         {
             let mut slot = self.cutoff.lock().unwrap_or_else(|p| p.into_inner());
             if slot.is_some() {
-                return;
+                return false;
             }
             *slot = Some(why);
         }
         // notify_one stores a permit if the socket is not waiting right now.
         self.cutoff_notify.notify_one();
+        true
     }
 
     /// Completes when the socket has been cut off; returns why.
