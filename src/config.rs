@@ -149,6 +149,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PGRELAY_STALE_AFTER", default_value = "10s", value_parser = parse_period)]
     pub stale_after: Duration,
 
+    /// A secret that `GET /metrics` requires as `Authorization: Bearer <token>`. Unset:
+    /// `/metrics` is open to anyone who can reach the relay.
+    #[arg(long, env = "PGRELAY_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     #[command(flatten)]
     pub limits: Limits,
 }
@@ -418,6 +423,8 @@ pub struct Config {
     /// End stale button-hold sessions inside the relay (`serve --cleanup`); `None`: leave it to
     /// a `pgrelay cleanup` process.
     pub cleanup: Option<SessionCleanup>,
+    /// Required as a bearer token by `GET /metrics`, when set.
+    pub metrics_token: Option<String>,
     pub limits: Limits,
 }
 
@@ -437,6 +444,7 @@ impl Config {
             hold_channel: Some("button-presence".to_owned()),
             hold_heartbeat: Duration::from_secs(3),
             cleanup: None,
+            metrics_token: None,
             limits: Limits::default(),
         }
     }

@@ -140,6 +140,7 @@ async fn serve(
         hold_channel: Some(args.hold_channel).filter(|c| !c.is_empty()),
         hold_heartbeat: args.hold_heartbeat,
         cleanup,
+        metrics_token: args.metrics_token.filter(|t| !t.is_empty()),
         limits: args.limits,
     };
     let served = server::run(config, listener, shutdown_signal()).await;

@@ -24,6 +24,8 @@ pub(crate) struct Relay {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) pool: deadpool_postgres::Pool,
     pub(crate) limits: Arc<Limits>,
+    /// `PGRELAY_METRICS_TOKEN`: what `/metrics` requires as a bearer token.
+    pub(crate) metrics_token: Option<String>,
     /// One permit per WebSocket connection, taken before the upgrade and moved into the
     /// socket task: the relay refuses connections instead of running out of memory.
     pub(crate) connections: Arc<Semaphore>,

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use warp::http::StatusCode;
-use warp::Filter;
+use warp::{Filter, Reply};
 
 use crate::db;
 use crate::http::admission::upgrade;
@@ -58,8 +58,22 @@ pub(crate) fn routes(
         });
     let metrics =
         warp::path!("metrics")
+            .and(warp::header::optional::<String>("authorization"))
             .and(with_relay.clone())
-            .then(|relay: Arc<Relay>| async move {
+            .then(|authorization: Option<String>, relay: Arc<Relay>| async move {
+                if let Some(want) = &relay.metrics_token {
+                    let given = authorization
+                        .as_deref()
+                        .and_then(|h| h.strip_prefix("Bearer "))
+                        .map(str::trim);
+                    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), want.as_bytes())) {
+                        return warp::reply::with_status(
+                            "metrics need Authorization: Bearer <PGRELAY_METRICS_TOKEN>\n",
+                            warp::http::StatusCode::UNAUTHORIZED,
+                        )
+                        .into_response();
+                    }
+                }
                 let (connections, channels, bindings) = relay.router.counts();
                 let listening = *relay.listening.borrow();
                 let notification_queue_usage = db::notification_queue_usage(&relay.pool).await.ok();
@@ -78,6 +92,7 @@ pub(crate) fn routes(
                     "content-type",
                     "text/plain; version=0.0.4",
                 )
+                .into_response()
             });
     let ready = warp::path!("ready")
         .and(with_relay.clone())
@@ -191,4 +206,9 @@ async fn server_sent_events(
         drop(tracker);
     });
     warp::sse::reply(warp::sse::keep_alive().stream(sse::body(rx))).into_response()
+}
+
+/// Compare secrets in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

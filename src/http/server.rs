@@ -102,6 +102,7 @@ pub async fn run(
         metrics: metrics.clone(),
         pool: pool.clone(),
         limits: limits.clone(),
+        metrics_token: config.metrics_token.clone(),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         shutdown: controller.subscribe(),
         tracker: controller.tracker(),

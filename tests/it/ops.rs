@@ -45,3 +45,32 @@ async fn health_ready_and_metrics() {
     assert!(metric(&body, "pgrelay_socket_queue_high_water") >= 1.0);
     relay.stop().await;
 }
+
+/// With `PGRELAY_METRICS_TOKEN` set, `/metrics` answers only to that bearer token.
+#[tokio::test]
+async fn metrics_can_require_a_token() {
+    let relay = start_relay_with(|c| c.metrics_token = Some("m3trics".into())).await;
+    async fn get(addr: std::net::SocketAddr, auth: Option<&str>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let header = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        s.write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+    for auth in [None, Some("Bearer wrong"), Some("m3trics"), Some("Bearer m3trics2")] {
+        let resp = get(relay.addr, auth).await;
+        assert!(resp.starts_with("HTTP/1.1 401"), "{auth:?}: {resp}");
+        assert!(!resp.contains("pgrelay_connections"), "{auth:?}");
+    }
+    let resp = get(relay.addr, Some("Bearer m3trics")).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("\npgrelay_connections "), "{resp}");
+    relay.stop().await;
+}
