@@ -1037,3 +1037,30 @@ async fn absurd_expiry_times_are_refused() {
     }
     relay.stop().await;
 }
+
+/// A join after the connect-time apikey expired (and with no fresher `access_token`) is
+/// refused outright: no "Subscribed", no presence state, no live value first.
+#[tokio::test]
+async fn a_join_after_the_connect_time_key_expired_is_refused() {
+    let relay = secured().await;
+    let short = token(json!({"role":"anon","exp":now() + 2}));
+    let mut ws = connect(&relay, &short).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    for topic in ["realtime:statistics", "realtime:room"] {
+        let (_, reply) = ws
+            .join_with(
+                topic,
+                json!({"config":{"presence":{"key":"","enabled":true},
+                        "postgres_changes":[{"event":"*","schema":"public","table":"polls"}]}}),
+            )
+            .await;
+        assert_eq!(reply["status"], "error", "{reply}");
+        let reason = reply["response"]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("InvalidJWTToken: Token has expired "),
+            "{reason}"
+        );
+    }
+    ws.expect_silence(Duration::from_millis(500)).await;
+    relay.stop().await;
+}

@@ -173,9 +173,18 @@ where
             .get("access_token")
             .or_else(|| payload.get("user_token"))
             .and_then(Value::as_str);
+        let now = auth::now();
         match token {
-            Some(t) if !auth::is_project_key(t) => verifier.verify(t, auth::now()).map(Some),
-            _ => self.ctx.claims.clone().map(Some).ok_or(AuthError::Missing),
+            Some(t) if !auth::is_project_key(t) => verifier.verify(t, now).map(Some),
+            // The connect-time identity, if it is still valid now: a socket outliving its
+            // apikey's expiry gets no new channel, not even briefly.
+            _ => {
+                let claims = self.ctx.claims.clone().ok_or(AuthError::Missing)?;
+                match claims.expired_for(now) {
+                    Some(ago) => Err(AuthError::Expired(ago)),
+                    None => Ok(Some(claims)),
+                }
+            }
         }
     }
 
