@@ -149,6 +149,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PGRELAY_STALE_AFTER", default_value = "10s", value_parser = parse_period)]
     pub stale_after: Duration,
 
+    /// Web page origins (`scheme://host[:port]`, comma-separated, or `*`) that may open a
+    /// socket or call the HTTP API from a browser. Default: with auth on, any; with auth off,
+    /// the relay's own origin and loopback origins only.
+    #[arg(long, env = "PGRELAY_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+
     /// A secret that `GET /metrics` requires as `Authorization: Bearer <token>`. Unset:
     /// `/metrics` is open to anyone who can reach the relay.
     #[arg(long, env = "PGRELAY_METRICS_TOKEN", hide_env_values = true)]
@@ -425,6 +431,8 @@ pub struct Config {
     pub cleanup: Option<SessionCleanup>,
     /// Required as a bearer token by `GET /metrics`, when set.
     pub metrics_token: Option<String>,
+    /// `PGRELAY_ALLOWED_ORIGINS`; `None`: the default for whether auth is on.
+    pub allowed_origins: Option<String>,
     pub limits: Limits,
 }
 
@@ -445,6 +453,7 @@ impl Config {
             hold_heartbeat: Duration::from_secs(3),
             cleanup: None,
             metrics_token: None,
+            allowed_origins: None,
             limits: Limits::default(),
         }
     }

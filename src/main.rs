@@ -141,6 +141,7 @@ async fn serve(
         hold_heartbeat: args.hold_heartbeat,
         cleanup,
         metrics_token: args.metrics_token.filter(|t| !t.is_empty()),
+        allowed_origins: args.allowed_origins,
         limits: args.limits,
     };
     let served = server::run(config, listener, shutdown_signal()).await;

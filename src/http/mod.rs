@@ -12,6 +12,7 @@
 mod admission;
 pub mod api;
 mod broadcast;
+pub mod origin;
 mod query;
 mod relay;
 mod routes;

@@ -13,6 +13,7 @@ use warp::{Filter, Reply};
 use crate::db;
 use crate::http::admission::upgrade;
 use crate::http::broadcast::{rest_broadcast_batch, rest_broadcast_one};
+use crate::http::origin;
 use crate::http::query::parse_query;
 use crate::http::relay::{json_error, Relay};
 use crate::http::sse;
@@ -56,11 +57,11 @@ pub(crate) fn routes(
                 "application/javascript; charset=utf-8",
             )
         });
-    let metrics =
-        warp::path!("metrics")
-            .and(warp::header::optional::<String>("authorization"))
-            .and(with_relay.clone())
-            .then(|authorization: Option<String>, relay: Arc<Relay>| async move {
+    let metrics = warp::path!("metrics")
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_relay.clone())
+        .then(
+            |authorization: Option<String>, relay: Arc<Relay>| async move {
                 if let Some(want) = &relay.metrics_token {
                     let given = authorization
                         .as_deref()
@@ -93,7 +94,8 @@ pub(crate) fn routes(
                     "text/plain; version=0.0.4",
                 )
                 .into_response()
-            });
+            },
+        );
     let ready = warp::path!("ready")
         .and(with_relay.clone())
         .map(|relay: Arc<Relay>| {
@@ -134,7 +136,9 @@ pub(crate) fn routes(
             .and(warp::body::bytes())
             .and(with_relay.clone())
             .map(rest_broadcast_one);
-    websocket
+    let guard = origin::guard(relay.clone());
+    let preflight = warp::options().and(guard.clone()).map(origin::preflight);
+    let everything = websocket
         .or(broadcast_batch)
         .or(broadcast_one)
         .or(changes)
@@ -147,9 +151,16 @@ pub(crate) fn routes(
         .or(crate::http::api::routes(
             relay.pool.clone(),
             relay.auth.clone(),
-        ))
-        .recover(|_rej: warp::Rejection| async {
-            Ok::<_, Infallible>(json_error(StatusCode::NOT_FOUND, "Not found"))
+        ));
+    preflight
+        .or(guard.and(everything).map(|origin: Option<String>, reply| {
+            origin::allow(Reply::into_response(reply), origin)
+        }))
+        .recover(|rej: warp::Rejection| async move {
+            Ok::<_, Infallible>(match rej.find::<origin::OriginRefused>() {
+                Some(refused) => origin::refused(refused),
+                None => json_error(StatusCode::NOT_FOUND, "Not found"),
+            })
         })
 }
 

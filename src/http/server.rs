@@ -19,6 +19,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::db::cleanup;
 use crate::db::{self, DbError};
+use crate::http::origin::Origins;
 use crate::http::relay::Relay;
 use crate::http::routes::routes;
 use crate::ingest::change::Catalog;
@@ -96,6 +97,8 @@ pub async fn run(
     let (listening_tx, listening) = watch::channel(false);
     let (watermark_tx, watermark) = watch::channel(None);
 
+    let origins = Origins::from_setting(config.allowed_origins.as_deref(), auth.is_some());
+    info!(allowed = %origins.describe(), "web page origins");
     let relay = Arc::new(Relay {
         router: router.clone(),
         catalog: catalog.clone(),
@@ -103,6 +106,7 @@ pub async fn run(
         pool: pool.clone(),
         limits: limits.clone(),
         metrics_token: config.metrics_token.clone(),
+        origins,
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         shutdown: controller.subscribe(),
         tracker: controller.tracker(),

@@ -64,7 +64,12 @@ async fn metrics_can_require_a_token() {
         s.read_to_end(&mut buf).await.unwrap();
         String::from_utf8_lossy(&buf).into_owned()
     }
-    for auth in [None, Some("Bearer wrong"), Some("m3trics"), Some("Bearer m3trics2")] {
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("m3trics"),
+        Some("Bearer m3trics2"),
+    ] {
         let resp = get(relay.addr, auth).await;
         assert!(resp.starts_with("HTTP/1.1 401"), "{auth:?}: {resp}");
         assert!(!resp.contains("pgrelay_connections"), "{auth:?}");

@@ -183,3 +183,141 @@ mod internal_schema {
         relay.stop().await;
     }
 }
+
+mod origins {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    use crate::support::*;
+
+    /// A raw HTTP/1.1 request; returns the whole response text.
+    async fn raw(addr: std::net::SocketAddr, head: &str, body: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "{head}\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Upgrade with an `Origin`; the HTTP status of the answer (101 when it upgraded).
+    async fn upgrade(relay: &Relay, origin: &str) -> u16 {
+        let url = format!(
+            "ws://{}/realtime/v1/websocket?vsn=2.0.0&apikey=x",
+            relay.addr
+        );
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((_, resp)) => resp.status().as_u16(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("{origin}: {e}"),
+        }
+    }
+
+    /// With auth off, a page on another site can neither open a socket nor write through the
+    /// API (a "simple" text/plain POST needs no preflight); the relay's own pages and pages on
+    /// loopback can, and get CORS answers.
+    #[tokio::test]
+    async fn with_auth_off_only_own_and_loopback_pages_get_in() {
+        let relay = start_relay().await;
+        let db = relay.db().await;
+        assert_eq!(upgrade(&relay, "https://evil.example").await, 403);
+        assert_eq!(upgrade(&relay, "http://localhost:5173").await, 101);
+        assert_eq!(
+            upgrade(&relay, &format!("http://{}", relay.addr)).await,
+            101
+        );
+
+        let resp = raw(
+            relay.addr,
+            "POST /api/v1/profiles HTTP/1.1\r\nOrigin: https://evil.example\r\nContent-Type: text/plain",
+            r#"{"username":"csrf"}"#,
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+        assert!(
+            resp.contains(r#""error":"Origin not allowed: https://evil.example""#),
+            "{resp}"
+        );
+        assert!(!resp
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"));
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM profiles WHERE username = 'csrf'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "the cross-site POST wrote nothing");
+
+        let resp = raw(
+            relay.addr,
+            "OPTIONS /api/v1/polls HTTP/1.1\r\nOrigin: http://localhost:5173\r\nAccess-Control-Request-Method: POST",
+            "",
+        )
+        .await
+        .to_ascii_lowercase();
+        assert!(resp.starts_with("http/1.1 204"), "{resp}");
+        assert!(
+            resp.contains("access-control-allow-origin: http://localhost:5173"),
+            "{resp}"
+        );
+        assert!(
+            resp.contains("access-control-allow-methods: get, post, options"),
+            "{resp}"
+        );
+        let resp = raw(
+            relay.addr,
+            "OPTIONS /api/v1/polls HTTP/1.1\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: POST",
+            "",
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+
+        let resp = raw(
+            relay.addr,
+            "GET /api/v1/stats HTTP/1.1\r\nOrigin: http://127.0.0.1:3000",
+            "",
+        )
+        .await
+        .to_ascii_lowercase();
+        assert!(resp.starts_with("http/1.1 200"), "{resp}");
+        assert!(
+            resp.contains("access-control-allow-origin: http://127.0.0.1:3000"),
+            "{resp}"
+        );
+        // No Origin: not a browser, nothing to defend.
+        let resp = raw(relay.addr, "GET /api/v1/stats HTTP/1.1", "").await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        relay.stop().await;
+    }
+
+    /// `PGRELAY_ALLOWED_ORIGINS` replaces the default: listed origins get in, others do not,
+    /// even with auth on (whose default admits any origin).
+    #[tokio::test]
+    async fn the_allowed_origins_setting_replaces_the_default() {
+        let relay = start_relay_with(|c| {
+            c.jwt_secret = Some("test-secret-with-enough-length".into());
+            c.allowed_origins = Some("https://app.example".into());
+        })
+        .await;
+        assert_eq!(upgrade(&relay, "https://evil.example").await, 403);
+        assert_eq!(upgrade(&relay, "http://localhost:5173").await, 403);
+        // Admitted by origin; refused only later, for its missing key.
+        assert_eq!(upgrade(&relay, "https://app.example").await, 401);
+        relay.stop().await;
+
+        let open =
+            start_relay_with(|c| c.jwt_secret = Some("test-secret-with-enough-length".into()))
+                .await;
+        assert_eq!(
+            upgrade(&open, "https://evil.example").await,
+            401,
+            "auth on: any origin, key checked"
+        );
+        open.stop().await;
+    }
+}
