@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
@@ -201,6 +202,11 @@ async fn server_sent_events(
     let (tx, rx) = sse::channel();
     let tracker = relay.tracker.clone();
     let mut shutdown = relay.shutdown.clone();
+    // The stream lives as long as its token, as a socket's channels do.
+    let expires_in = claims
+        .as_ref()
+        .map(|c| Duration::from_secs(u64::try_from(c.exp - crate::auth::now()).unwrap_or(0)));
+    let last_word = tx.clone();
     let feeder = sse::stream(
         relay.pool.clone(),
         relay.catalog.clone(),
@@ -210,9 +216,19 @@ async fn server_sent_events(
         tx,
     );
     tokio::spawn(async move {
+        let expiry = async {
+            match expires_in {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = feeder => {}
             _ = shutdown.recv() => {}
+            _ = expiry => {
+                let message = crate::auth::AuthError::Expired(0).to_string();
+                let _ = last_word.send(sse::system_event("error", &message)).await;
+            }
         }
         drop(tracker);
     });

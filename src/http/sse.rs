@@ -230,7 +230,7 @@ async fn send(tx: &mpsc::Sender<Event>, e: Event) -> Result<(), FeedError> {
     tx.send(e).await.map_err(|_| FeedError::Gone)
 }
 
-fn system_event(status: &str, message: &str) -> Event {
+pub(crate) fn system_event(status: &str, message: &str) -> Event {
     let payload = serde_json::json!({"extension": "system", "status": status, "message": message});
     Event::default().event("system").data(payload.to_string())
 }

@@ -239,3 +239,42 @@ async fn a_fresh_stream_starts_at_the_connect_point() {
     assert_eq!(data(&e)["record"]["username"], "after");
     relay.stop().await;
 }
+
+/// A stream lives as long as its token: at `exp` it ends with a `system` event, as a socket's
+/// channels do, and a change committed afterwards is not sent.
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    const SECRET: &str = "test-secret-with-enough-length";
+    let relay = start_relay_with(|c| c.jwt_secret = Some(SECRET.into())).await;
+    let db = relay.db().await;
+    let exp = chrono::Utc::now().timestamp() + 2;
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({"role":"anon","exp":exp}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let path = format!("/api/v1/changes?schema=public&table=profiles&event=INSERT&apikey={token}");
+    let mut sse = Sse::connect(relay.addr, &path, None).await;
+    assert_eq!(sse.status, 200);
+    let ended = loop {
+        match sse.poll(Duration::from_secs(6)).await {
+            SseNext::Event(e) if e.event.as_deref() == Some("system") => break e,
+            SseNext::Event(_) => continue,
+            SseNext::Timeout => panic!("still streaming after the token expired"),
+            SseNext::Closed => panic!("closed without a system event"),
+        }
+    };
+    let d = data(&ended);
+    assert_eq!(d["status"], "error");
+    assert_eq!(d["message"], "Token has expired 0 seconds ago");
+    db.execute("INSERT INTO profiles (username) VALUES ('late')", &[])
+        .await
+        .unwrap();
+    assert!(
+        matches!(sse.poll(Duration::from_secs(2)).await, SseNext::Closed),
+        "the stream ended"
+    );
+    relay.stop().await;
+}
