@@ -46,10 +46,17 @@ fn main() -> ExitCode {
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info`): text for people, or one JSON
 /// object per line carrying the fields of the enclosing spans (`socket_id`, …).
 fn init_logging(format: LogFormat) {
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // warp logs every connection a client drops mid-request (an event stream closed, a tab
+    // gone) as an ERROR under `warp::server`: the client's doing, not a fault of the relay's.
+    // Silenced unless RUST_LOG names warp itself.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("warp")) {
+        if let Ok(quiet) = "warp::server=off".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

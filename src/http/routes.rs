@@ -138,7 +138,19 @@ pub(crate) fn routes(
             .and(with_relay.clone())
             .map(rest_broadcast_one);
     let guard = origin::guard(relay.clone());
-    let preflight = warp::options().and(guard.clone()).map(origin::preflight);
+    // Not `warp::options()`: on every other method that would reject with "method not
+    // allowed", which outranks "not found" for every unknown path.
+    let preflight = warp::method()
+        .and_then(|m: warp::http::Method| async move {
+            if m == warp::http::Method::OPTIONS {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+        .and(guard.clone())
+        .map(origin::preflight);
     let everything = websocket
         .or(broadcast_batch)
         .or(broadcast_one)
@@ -160,7 +172,7 @@ pub(crate) fn routes(
         .recover(|rej: warp::Rejection| async move {
             Ok::<_, Infallible>(match rej.find::<origin::OriginRefused>() {
                 Some(refused) => origin::refused(refused),
-                None => json_error(StatusCode::NOT_FOUND, "Not found"),
+                None => unanswered(&rej),
             })
         })
 }
@@ -233,6 +245,39 @@ async fn server_sent_events(
         drop(tracker);
     });
     warp::sse::reply(warp::sse::keep_alive().stream(sse::body(rx))).into_response()
+}
+
+/// What no route answered, in the API's error shape (`{"error","code"}`, `no-store`): a
+/// known path with another method is 405, a body over the limit 413, a request a route
+/// refused for its form (a header, a query, a content type) 400, and anything else 404.
+fn unanswered(rej: &warp::Rejection) -> warp::reply::Response {
+    let (status, code, message) = if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "Method not allowed",
+        )
+    } else if rej.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            "Payload too large",
+        )
+    } else if rej.is_not_found() {
+        (StatusCode::NOT_FOUND, "NotFound", "Not found")
+    } else {
+        (StatusCode::BAD_REQUEST, "BadRequest", "Bad request")
+    };
+    let mut resp = warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({ "error": message, "code": code })),
+        status,
+    )
+    .into_response();
+    resp.headers_mut().insert(
+        warp::http::header::CACHE_CONTROL,
+        warp::http::HeaderValue::from_static("no-store"),
+    );
+    resp
 }
 
 /// Compare secrets in time that does not depend on where they differ.

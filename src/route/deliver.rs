@@ -3,9 +3,9 @@
 //! read policies when their own table changes.
 //!
 //! Lifecycle: runs until ingest drops its sender (shutdown). It never awaits a client: the
-//! router only `try_send`s to socket queues. After a burst (a catch-up can hand on minutes of
-//! changes at once) it lets sockets drain now and then, so healthy clients are not cut off for
-//! a backlog that is not theirs.
+//! router only `try_send`s to socket queues. After a burst (a reader back from an outage can
+//! hand on minutes of changes at once) it lets sockets drain now and then, so healthy clients
+//! are not cut off for a backlog that is not theirs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,10 @@ use crate::route::router::Router;
 
 /// While a backlog is waiting, every this many changes the loop lets sockets drain.
 const BURST_BATCH: usize = 128;
+/// What counts as a burst: this many changes waiting. Live flow, even at thousands of changes
+/// a second, arrives a read's worth at a time and is never paced: pacing waits for the fullest
+/// socket queue, so pacing live flow would let one slow client delay everyone.
+const BURST_BACKLOG: usize = 1024;
 /// Longest wait for sockets to drain between burst batches.
 const BURST_WAIT: Duration = Duration::from_millis(250);
 
@@ -49,7 +53,7 @@ impl Deliverer {
             since_pause += 1;
             if since_pause >= BURST_BATCH {
                 since_pause = 0;
-                if !deliveries.is_empty() {
+                if deliveries.len() >= BURST_BACKLOG {
                     self.pace().await;
                 }
             }

@@ -146,3 +146,67 @@ async fn sigterm_flushes_closes_with_1001_and_exits_zero() {
     // It stopped accepting.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// A client that goes away mid-stream is not an error of the relay's: nothing is logged at
+/// ERROR for it (warp reports such connections as errors; the relay silences them).
+#[tokio::test]
+async fn a_client_leaving_mid_stream_logs_no_error() {
+    let db = TestDb::new().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn relay");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut addr: Option<std::net::SocketAddr> = None;
+    while addr.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("relay started in time")
+            .expect("stderr")
+            .expect("listening line");
+        addr = line
+            .split("pgrelay listening addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
+    }
+    let addr = addr.expect("addr");
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = errors.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("ERROR") {
+                seen.lock().unwrap().push(line);
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while http_get(addr, "/ready").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "relay never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Three event streams and a half-sent request, each dropped by the client.
+    for _ in 0..3 {
+        let sse = Sse::connect(addr, "/api/v1/changes?schema=public&table=profiles", None).await;
+        assert_eq!(sse.status, 200);
+        drop(sse);
+    }
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /api/v1/profiles HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    signal(&child, "-TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    let errors = errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "errors logged: {errors:#?}");
+}

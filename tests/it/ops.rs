@@ -11,7 +11,7 @@ async fn health_ready_and_metrics() {
     assert_eq!(http_get(relay.addr, "/ready").await.0, 200);
     let (status, body) = http_get(relay.addr, "/nope").await;
     assert_eq!(status, 404);
-    assert_eq!(body, r#"{"error":"Not found"}"#);
+    assert_eq!(body, r#"{"code":"NotFound","error":"Not found"}"#);
 
     let db = relay.db().await;
     let mut a = relay.ws("2.0.0").await;
@@ -77,5 +77,37 @@ async fn metrics_can_require_a_token() {
     let resp = get(relay.addr, Some("Bearer m3trics")).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("\npgrelay_connections "), "{resp}");
+    relay.stop().await;
+}
+
+/// A known path with a method it does not take is a 405 in the API's error shape, not a 404;
+/// a body over the limit is a 413.
+#[tokio::test]
+async fn wrong_methods_and_oversized_bodies_get_their_own_answers() {
+    let relay = start_relay().await;
+    for path in ["/api/v1/profiles", "/realtime/v1/api/broadcast"] {
+        let (status, text) = http_get(relay.addr, path).await;
+        assert_eq!(status, 405, "GET {path}: {text}");
+        assert_eq!(
+            text,
+            r#"{"code":"MethodNotAllowed","error":"Method not allowed"}"#
+        );
+    }
+    // Refused on its Content-Length, before a byte of the body is read.
+    let resp = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+        s.write_all(
+            b"POST /realtime/v1/api/broadcast HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/json\r\nContent-Length: 9437184\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.contains(r#""code":"PayloadTooLarge""#), "{resp}");
     relay.stop().await;
 }
