@@ -251,6 +251,10 @@ fn start_pipeline(
     };
     let mut reader_pg = listen_pg;
     reader_pg.application_name("pgrelay reader");
+    // The session runs one query every few milliseconds. A plan cached from its first runs,
+    // when the log may be empty, would scan the whole log once it has grown; planned with each
+    // read's own bounds, it finds the few new rows through the xid index.
+    reader_pg.options("-c plan_cache_mode=force_custom_plan");
     let spawn = |task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
         let tracker = controller.tracker();
         tokio::spawn(async move {
