@@ -17,7 +17,7 @@ async fn kill_listener(db: &tokio_postgres::Client) -> u64 {
 }
 
 /// Terminate the relay's session named `name` (its `application_name`).
-async fn kill_session(db: &tokio_postgres::Client, name: &str) -> u64 {
+pub(crate) async fn kill_session(db: &tokio_postgres::Client, name: &str) -> u64 {
     db.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE datname = current_database() AND application_name = $1",

@@ -9,18 +9,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::faults::kill_session;
 use crate::support::*;
-
-/// Terminate the relay's session named `name` (its `application_name`).
-async fn kill_session(db: &tokio_postgres::Client, name: &str) -> u64 {
-    db.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND application_name = $1",
-        &[&name],
-    )
-    .await
-    .unwrap()
-}
 
 async fn set_doorbell(db: &tokio_postgres::Client, on: bool) {
     db.execute("UPDATE pgrelay.ingest_state SET notify = $1", &[&on])

@@ -67,10 +67,25 @@ pub(crate) async fn spawn_relay(
     db: &TestDb,
     listen: &str,
 ) -> (tokio::process::Child, std::net::SocketAddr) {
+    let (child, addr, _) = spawn_relay_collecting(db, listen, |_| false).await;
+    (child, addr)
+}
+
+/// [`spawn_relay`], also keeping the relay's log lines that `keep` picks.
+pub(crate) async fn spawn_relay_collecting(
+    db: &TestDb,
+    listen: &str,
+    keep: fn(&str) -> bool,
+) -> (
+    tokio::process::Child,
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
         .args(["serve", "--listen", listen])
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -89,14 +104,22 @@ pub(crate) async fn spawn_relay(
     .expect("relay started in time")
     .expect("listening line");
     // Keep draining stderr so the relay never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = kept.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if keep(&line) {
+                sink.lock().unwrap().push(line);
+            }
+        }
+    });
     // Wait until it is ready (LISTEN active).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while http_get(addr, "/ready").await.0 != 200 {
         assert!(tokio::time::Instant::now() < deadline, "relay never ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (child, addr)
+    (child, addr, kept)
 }
 
 pub(crate) fn signal(child: &tokio::process::Child, sig: &str) {
@@ -152,45 +175,8 @@ async fn sigterm_flushes_closes_with_1001_and_exits_zero() {
 #[tokio::test]
 async fn a_client_leaving_mid_stream_logs_no_error() {
     let db = TestDb::new().await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn relay");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut addr: Option<std::net::SocketAddr> = None;
-    while addr.is_none() {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("relay started in time")
-            .expect("stderr")
-            .expect("listening line");
-        addr = line
-            .split("pgrelay listening addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok());
-    }
-    let addr = addr.expect("addr");
-    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = errors.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("ERROR") {
-                seen.lock().unwrap().push(line);
-            }
-        }
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while http_get(addr, "/ready").await.0 != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "relay never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut child, addr, errors) =
+        spawn_relay_collecting(&db, "127.0.0.1:0", |l| l.contains("ERROR")).await;
     // Three event streams and a half-sent request, each dropped by the client.
     for _ in 0..3 {
         let sse = Sse::connect(addr, "/api/v1/changes?schema=public&table=profiles", None).await;
