@@ -191,16 +191,20 @@ impl Metrics {
             "Times the adaptive ingest turned the triggers' NOTIFY off or on.",
             &self.ingest_switches_total,
         );
+        // NaN until a change has been delivered: there is no newest change to be late with.
         let newest = self.newest_commit_micros.load(Ordering::Relaxed);
-        if newest > 0 {
+        let lag = if newest > 0 {
             let now = chrono::Utc::now().timestamp_micros() as f64;
-            gauge(
-                &mut out,
-                "pgrelay_ingest_lag_seconds",
-                "Now minus the commit time of the newest change handed to routing.",
-                ((now - newest as f64) / 1e6).max(0.0),
-            );
-        }
+            ((now - newest as f64) / 1e6).max(0.0)
+        } else {
+            f64::NAN
+        };
+        gauge(
+            &mut out,
+            "pgrelay_ingest_lag_seconds",
+            "Now minus the commit time of the newest change handed to routing (NaN before the first).",
+            lag,
+        );
         gauge(
             &mut out,
             "pgrelay_socket_queue_high_water",

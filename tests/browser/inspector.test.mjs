@@ -40,6 +40,17 @@ describe('inspector (/)', () => {
         '1',
         'the connections figure',
       );
+      // How changes reach the relay: the default mode, with the doorbell on while writes are quiet.
+      await shows(
+        page.locator('tr[data-metric=pgrelay_ingest_mode] .v'),
+        /^adaptive · (NOTIFY doorbell on|tailing the log)$/,
+        'the ingest mode',
+      );
+      await shows(
+        page.locator('tr[data-metric=pgrelay_notify_lock_waiters] .v'),
+        /^\d+$/,
+        'the NOTIFY-lock waiters',
+      );
       await screenshot(page, 'inspector');
     });
   });

@@ -64,6 +64,11 @@ async fn root_serves_the_inspector() {
         "METRICS_MS = 2000",
         "pgrelay_pg_notification_queue_usage",
         "pgrelay_commit_to_send_seconds_count",
+        "pgrelay_ingest_mode",
+        "pgrelay_ingest_tailing",
+        "pgrelay_ingest_lag_seconds",
+        "pgrelay_ingest_reads_total",
+        "pgrelay_notify_lock_waiters",
     ] {
         assert!(body.contains(needle), "{needle} missing from the page");
     }
