@@ -1,5 +1,5 @@
-//! The relay process: database setup, the listener and dispatcher tasks, serving the routes
-//! (`routes`), and an orderly shutdown.
+//! The relay process: database setup, the listener, change-log reader and routing tasks,
+//! serving the routes (`routes`), and an orderly shutdown.
 //!
 //! Lifecycle of `run`: connect the pool (failing fast with one clear line), migrate, apply
 //! the triggers, start LISTEN and wait until it is active, then serve until `shutdown`
@@ -223,7 +223,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Start the listener, the dispatcher and the side loops, each tracked for shutdown.
+/// Start the listener, the change-log reader, the routing loop and the side loops, each tracked for shutdown.
 #[allow(clippy::too_many_arguments)]
 fn start_pipeline(
     config: &Config,

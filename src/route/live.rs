@@ -98,7 +98,7 @@ impl LiveQueries {
     }
 
     /// A change to `schema.table` arrived: mark the queries that depend on it. Cheap; called
-    /// by the dispatcher for every change.
+    /// by the routing loop for every change.
     pub fn touched(&self, schema: &str, table: &str) {
         let mut any = false;
         {

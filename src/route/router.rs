@@ -37,7 +37,7 @@ struct State {
     bindings: Bindings,
 }
 
-/// The subscription index. One per relay; shared by the dispatcher and every socket task.
+/// The subscription index. One per relay; shared by the routing loop and every socket task.
 #[derive(Debug)]
 pub struct Router {
     state: Mutex<State>,

@@ -36,7 +36,7 @@ async fn a_burst_of_100_votes_pushes_at_most_3_updates_with_the_right_total() {
     assert_eq!(rows[0]["users"], 101);
 
     // 100 votes in one burst: one statement, so they commit (and notify) together. The
-    // dispatcher sees 100 changes; the statistics query runs once for them.
+    // relay reads 100 changes; the statistics query runs once for them.
     db.execute(
         "INSERT INTO user_votes (poll_id, user_id, option_index, hold_ms) \
          SELECT $1, id, 1, 3000 FROM profiles WHERE username LIKE 'voter%'",
