@@ -15,8 +15,6 @@ use std::sync::Arc;
 use warp::http::{HeaderValue, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
-use crate::http::relay::{json_error, Relay};
-
 /// The origins admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origins {
@@ -99,16 +97,16 @@ impl warp::reject::Reject for OriginRefused {}
 /// Admits or rejects the request by its `Origin`; extracts the admitted origin (`None` when
 /// the request has none), for the CORS headers of the answer.
 pub(crate) fn guard(
-    relay: Arc<Relay>,
+    origins: Arc<Origins>,
 ) -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone + Send + Sync + 'static {
     warp::header::optional::<String>("origin")
         .and(warp::header::optional::<String>("host"))
         .and_then(move |origin: Option<String>, host: Option<String>| {
-            let relay = relay.clone();
+            let origins = origins.clone();
             async move {
                 match origin {
                     None => Ok(None),
-                    Some(o) if relay.origins.allows(&o, host.as_deref()) => Ok(Some(o)),
+                    Some(o) if origins.allows(&o, host.as_deref()) => Ok(Some(o)),
                     Some(o) => Err(warp::reject::custom(OriginRefused(o))),
                 }
             }
@@ -148,13 +146,15 @@ pub(crate) fn allow(
 
 /// 403 for a refused origin.
 pub(crate) fn refused(r: &OriginRefused) -> warp::reply::Response {
-    let mut resp = json_error(
-        StatusCode::FORBIDDEN,
-        &format!(
-            "Origin not allowed: {}",
-            crate::protocol::truncate(&r.0, 200)
-        ),
+    let message = format!(
+        "Origin not allowed: {}",
+        crate::protocol::truncate(&r.0, 200)
     );
+    let mut resp = warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({ "error": message })),
+        StatusCode::FORBIDDEN,
+    )
+    .into_response();
     resp.headers_mut()
         .insert("vary", HeaderValue::from_static("Origin"));
     resp

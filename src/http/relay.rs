@@ -25,7 +25,7 @@ pub(crate) struct Relay {
     pub(crate) pool: deadpool_postgres::Pool,
     pub(crate) limits: Arc<Limits>,
     /// Which web pages may call (`PGRELAY_ALLOWED_ORIGINS`).
-    pub(crate) origins: crate::http::origin::Origins,
+    pub(crate) origins: Arc<crate::http::origin::Origins>,
     /// `PGRELAY_METRICS_TOKEN`: what `/metrics` requires as a bearer token.
     pub(crate) metrics_token: Option<String>,
     /// One permit per WebSocket connection, taken before the upgrade and moved into the

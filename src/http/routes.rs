@@ -137,7 +137,7 @@ pub(crate) fn routes(
             .and(warp::body::bytes())
             .and(with_relay.clone())
             .map(rest_broadcast_one);
-    let guard = origin::guard(relay.clone());
+    let guard = origin::guard(relay.origins.clone());
     // Not `warp::options()`: on every other method that would reject with "method not
     // allowed", which outranks "not found" for every unknown path.
     let preflight = warp::method()

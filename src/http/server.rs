@@ -106,7 +106,7 @@ pub async fn run(
         pool: pool.clone(),
         limits: limits.clone(),
         metrics_token: config.metrics_token.clone(),
-        origins,
+        origins: Arc::new(origins),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         shutdown: controller.subscribe(),
         tracker: controller.tracker(),

@@ -19,6 +19,7 @@ mod spec;
 mod stats;
 mod ts;
 mod writecost;
+mod writeload;
 mod ws;
 
 use std::process::ExitCode;
