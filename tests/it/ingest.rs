@@ -347,12 +347,7 @@ async fn forged_notifications_deliver_nothing_and_drop_nothing() {
         .await;
     let path = "/api/v1/changes?schema=public&table=profiles&event=INSERT";
     let mut sse = Sse::connect(relay.addr, path, None).await;
-    for _ in 0..100 {
-        if sse.last_id.is_some() {
-            break;
-        }
-        let _ = sse.next(Duration::from_millis(50)).await;
-    }
+    sse.wait_for_position().await;
     let next_seq = other_seq + 1;
     let forgeries = [
         format!(

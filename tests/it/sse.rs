@@ -23,13 +23,7 @@ async fn streams_changes_and_resumes_from_last_event_id() {
     let path = "/api/v1/changes?schema=public&table=profiles&event=INSERT";
     let mut sse = Sse::connect(relay.addr, path, None).await;
     assert_eq!(sse.status, 200);
-    // Wait until the stream has a position (the first id-only message).
-    for _ in 0..100 {
-        if sse.last_id.is_some() {
-            break;
-        }
-        let _ = sse.next(Duration::from_millis(50)).await;
-    }
+    sse.wait_for_position().await;
     for i in 0..3 {
         db.execute(
             "INSERT INTO profiles (username) VALUES ($1)",
@@ -221,12 +215,7 @@ async fn a_fresh_stream_starts_at_the_connect_point() {
     let path = "/api/v1/changes?schema=public&table=profiles&event=INSERT";
     let mut sse = Sse::connect(relay.addr, path, None).await;
     assert_eq!(sse.status, 200);
-    for _ in 0..100 {
-        if sse.last_id.is_some() {
-            break;
-        }
-        let _ = sse.next(Duration::from_millis(50)).await;
-    }
+    sse.wait_for_position().await;
     db.execute("INSERT INTO profiles (username) VALUES ('after')", &[])
         .await
         .unwrap();

@@ -57,17 +57,22 @@ enum Scenario {
     Writecost(writecost::WriteCostOpts),
 }
 
-fn writecost_main(opts: writecost::WriteCostOpts) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+/// The load generator's runtime, or the error line and exit code when it cannot start.
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("pgrelay-bench: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+            ExitCode::FAILURE
+        })
+}
+
+fn writecost_main(opts: writecost::WriteCostOpts) -> ExitCode {
+    let runtime = match runtime(2) {
+        Ok(rt) => rt,
+        Err(code) => return code,
     };
     match runtime.block_on(writecost::run(opts)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,16 +100,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(params.threads)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(params.threads) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pgrelay-bench: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let json = params.json;
     let result = runtime.block_on(run::run(params));

@@ -598,6 +598,16 @@ impl Sse {
     }
 
     /// The next event with data, within `within`; None on timeout or end of stream.
+    /// Wait (up to 5 s) until the stream has a position: its first id-only message.
+    pub async fn wait_for_position(&mut self) {
+        for _ in 0..100 {
+            if self.last_id.is_some() {
+                return;
+            }
+            let _ = self.next(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn next(&mut self, within: Duration) -> Option<SseEvent> {
         match self.poll(within).await {
             SseNext::Event(e) => Some(e),
