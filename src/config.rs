@@ -160,6 +160,17 @@ pub struct ServeArgs {
     #[arg(long, env = "PGRELAY_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
 
+    /// Redis shared by several relays (`redis://[user:password@]host:port[/db]`): broadcasts
+    /// and presence then reach the clients of every relay that uses it. Unset: this relay is
+    /// a single node.
+    #[arg(long, env = "PGRELAY_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel the relays use: relays with the same Redis and
+    /// prefix act as one.
+    #[arg(long, env = "PGRELAY_REDIS_PREFIX", default_value = "pgrelay")]
+    pub redis_prefix: String,
+
     #[command(flatten)]
     pub limits: Limits,
 }
@@ -433,6 +444,10 @@ pub struct Config {
     pub metrics_token: Option<String>,
     /// `PGRELAY_ALLOWED_ORIGINS`; `None`: the default for whether auth is on.
     pub allowed_origins: Option<String>,
+    /// `PGRELAY_REDIS_URL`: the Redis shared with other relays; `None`: a single node.
+    pub redis_url: Option<String>,
+    /// `PGRELAY_REDIS_PREFIX`.
+    pub redis_prefix: String,
     pub limits: Limits,
 }
 
@@ -454,6 +469,8 @@ impl Config {
             cleanup: None,
             metrics_token: None,
             allowed_origins: None,
+            redis_url: None,
+            redis_prefix: "pgrelay".to_owned(),
             limits: Limits::default(),
         }
     }

@@ -16,6 +16,8 @@
 //!   notifications only say "read now", and decoding with the per-table column cache.
 //! - [`route`]: from a `Change` to frames on socket queues: the topic registry (subscriptions,
 //!   presence members, broadcast fan-out), filters, read policies and live aggregate topics.
+//! - [`cluster`]: several relays as one through Redis (optional): broadcasts and presence
+//!   carried between relays, each relay's presences kept in expiring entries.
 //! - [`realtime`]: one client's WebSocket: the upgrade, the socket loop, channel joins, and
 //!   relay-run press-and-hold sessions.
 //! - [`http`]: the server that ties it together and everything that is not a socket: the
@@ -32,6 +34,8 @@ pub mod shutdown;
 pub mod db;
 pub mod ingest;
 pub mod route;
+
+pub mod cluster;
 
 pub mod realtime;
 

@@ -149,6 +149,8 @@ async fn serve(
         cleanup,
         metrics_token: args.metrics_token.filter(|t| !t.is_empty()),
         allowed_origins: args.allowed_origins,
+        redis_url: args.redis_url.filter(|u| !u.is_empty()),
+        redis_prefix: args.redis_prefix,
         limits: args.limits,
     };
     let served = server::run(config, listener, shutdown_signal()).await;

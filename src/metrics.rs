@@ -75,6 +75,16 @@ pub struct Metrics {
     pub catchups_total: AtomicU64,
     pub catchup_changes_total: AtomicU64,
     pub gaps_total: AtomicU64,
+    /// Broadcasts handed to Redis for the other relays.
+    pub cluster_broadcasts_sent_total: AtomicU64,
+    /// Broadcasts from other relays delivered here.
+    pub cluster_broadcasts_received_total: AtomicU64,
+    /// Broadcasts that reached this relay's clients only: Redis was down or the queue full.
+    pub cluster_broadcasts_dropped_total: AtomicU64,
+    /// Times Redis became unreachable.
+    pub cluster_outages_total: AtomicU64,
+    /// 1 while Redis answers, else 0.
+    pub cluster_up: AtomicU64,
     /// Reads of the change log (every delivered change comes from one).
     pub ingest_reads_total: AtomicU64,
     /// Times `adaptive` turned the triggers' doorbell off or on.
@@ -101,6 +111,16 @@ pub struct Gauges {
     pub notify_lock_waiters: Option<u64>,
     /// `PGRELAY_INGEST`.
     pub ingest_mode: &'static str,
+    /// With `PGRELAY_REDIS_URL`: the other relays seen alive, and the presences mirrored
+    /// from them.
+    pub cluster: Option<ClusterGauges>,
+}
+
+/// Figures of a relay sharing Redis with others.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClusterGauges {
+    pub peers: usize,
+    pub remote_presences: usize,
 }
 
 impl Metrics {
@@ -277,12 +297,69 @@ impl Metrics {
             "Times channels were told changes may be missing.",
             &self.gaps_total,
         );
+        if let Some(c) = g.cluster {
+            self.render_cluster(&mut out, c);
+        }
         self.commit_to_send.render(
             &mut out,
             "pgrelay_commit_to_send_seconds",
             "Time from the row change (commit_timestamp) to its frames being queued.",
         );
         out
+    }
+}
+
+impl Metrics {
+    fn render_cluster(&self, out: &mut String, c: ClusterGauges) {
+        let line = |out: &mut String, name: &str, kind: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {v}");
+        };
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed) as f64;
+        line(
+            out,
+            "pgrelay_redis_up",
+            "gauge",
+            "1 while Redis answers, else 0 (each relay then serves its own clients only).",
+            load(&self.cluster_up),
+        );
+        line(
+            out,
+            "pgrelay_redis_outages_total",
+            "counter",
+            "Times Redis became unreachable.",
+            load(&self.cluster_outages_total),
+        );
+        line(
+            out,
+            "pgrelay_cluster_peers",
+            "gauge",
+            "Other relays seen alive through Redis.",
+            c.peers as f64,
+        );
+        line(
+            out,
+            "pgrelay_cluster_remote_presences",
+            "gauge",
+            "Presences tracked on other relays, mirrored here.",
+            c.remote_presences as f64,
+        );
+        line(
+            out,
+            "pgrelay_cluster_broadcasts_sent_total",
+            "counter",
+            "Broadcasts handed to Redis for the other relays.",
+            load(&self.cluster_broadcasts_sent_total),
+        );
+        line(
+            out,
+            "pgrelay_cluster_broadcasts_received_total",
+            "counter",
+            "Broadcasts from other relays delivered here.",
+            load(&self.cluster_broadcasts_received_total),
+        );
+        line(out, "pgrelay_cluster_broadcasts_dropped_total", "counter", "Broadcasts that reached this relay's clients only (Redis down or the queue to it full).", load(&self.cluster_broadcasts_dropped_total));
     }
 }
 

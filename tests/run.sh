@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README "Test"): the Rust suites, then the supabase-js suites and the browser
 # suite against the built relay. Needs PostgreSQL >= 14 on 127.0.0.1:5432 (user postgres, trust
-# auth; override with TEST_DATABASE_URL), Rust, Node 20 with npm, and Chromium (Debian's
+# auth; override with TEST_DATABASE_URL), Redis on 127.0.0.1:6379 (override with
+# TEST_REDIS_URL) and the redis-server binary, Rust, Node 20 with npm, and Chromium (Debian's
 # `chromium` at /usr/bin/chromium; override with CHROMIUM_PATH). Fails if anything fails or is
 # skipped.
 set -euo pipefail
@@ -16,6 +17,16 @@ missing=()
 db_url="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 if ! command -v pg_isready >/dev/null || ! pg_isready -q -d "$db_url" 2>/dev/null; then
   missing+=("PostgreSQL >= 14 answering at $db_url (set TEST_DATABASE_URL for another)")
+fi
+redis_url="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+if ! command -v redis-server >/dev/null; then
+  missing+=("redis-server (apt-get install redis-server): the several-relays suite starts one")
+fi
+redis_hostport="${redis_url#redis://}"
+redis_hostport="${redis_hostport##*@}"
+redis_hostport="${redis_hostport%%/*}"
+if ! (exec 3<>"/dev/tcp/${redis_hostport%%:*}/${redis_hostport##*:}") 2>/dev/null; then
+  missing+=("Redis answering at $redis_url (set TEST_REDIS_URL for another)")
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   missing+=("Node.js 20 or newer with npm")

@@ -1,5 +1,6 @@
-//! The REST broadcast endpoints: messages sent over HTTP to every socket joined to a topic,
-//! as supabase-js does when a channel is not joined (`httpSend()`).
+//! The REST broadcast endpoints: messages sent over HTTP to every socket joined to a topic (on
+//! every relay when several share Redis), as supabase-js does when a channel is not joined
+//! (`httpSend()`).
 
 use std::sync::Arc;
 
@@ -64,7 +65,9 @@ pub(crate) fn rest_broadcast_batch(
             private: m.private,
             topic: format!("{TOPIC_PREFIX}{}", m.topic).into(),
         };
-        relay.router.broadcast(&key, None, &Broadcast::Json(out));
+        relay
+            .router
+            .publish(&key, None, Broadcast::Json(out), false);
     }
     warp::reply::with_status(warp::reply(), StatusCode::ACCEPTED).into_response()
 }
@@ -152,6 +155,6 @@ pub(crate) fn rest_broadcast_one(
         private,
         topic: format!("{TOPIC_PREFIX}{topic}").into(),
     };
-    relay.router.broadcast(&key, None, &msg);
+    relay.router.publish(&key, None, msg, false);
     warp::reply::with_status(warp::reply(), StatusCode::ACCEPTED).into_response()
 }

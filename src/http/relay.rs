@@ -45,6 +45,8 @@ pub(crate) struct Relay {
     pub(crate) policies: Arc<Policies>,
     /// Live aggregate topics, once the database is set up.
     pub(crate) live: std::sync::OnceLock<Arc<LiveQueries>>,
+    /// With `PGRELAY_REDIS_URL`: this relay's membership of the cluster.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Relay-run holds and their topic, once the database is set up.
     pub(crate) holds: std::sync::OnceLock<(Holds, Arc<str>)>,
 }

@@ -88,6 +88,7 @@ pub(crate) fn routes(
                     notification_queue_usage,
                     notify_lock_waiters,
                     ingest_mode: relay.limits.ingest.as_str(),
+                    cluster: relay.cluster.as_ref().map(|c| c.gauges()),
                 };
                 warp::reply::with_header(
                     relay.metrics.render(&gauges),
@@ -101,12 +102,22 @@ pub(crate) fn routes(
         .and(with_relay.clone())
         .map(|relay: Arc<Relay>| {
             if relay.is_ready() {
-                warp::reply::with_status("ready", StatusCode::OK)
+                // Redis down does not fail readiness: changes still flow to this relay's
+                // clients. The body says so.
+                match &relay.cluster {
+                    Some(c) => {
+                        warp::reply::with_status(format!("ready; {}", c.describe()), StatusCode::OK)
+                    }
+                    None => warp::reply::with_status("ready".to_owned(), StatusCode::OK),
+                }
             } else if *relay.started.borrow() {
-                warp::reply::with_status("not listening", StatusCode::SERVICE_UNAVAILABLE)
+                warp::reply::with_status(
+                    "not listening".to_owned(),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
             } else {
                 warp::reply::with_status(
-                    "waiting for the database",
+                    "waiting for the database".to_owned(),
                     StatusCode::SERVICE_UNAVAILABLE,
                 )
             }

@@ -97,6 +97,28 @@ pub async fn run(
     let (listening_tx, listening) = watch::channel(false);
     let (watermark_tx, watermark) = watch::channel(None);
 
+    let cluster = match &config.redis_url {
+        Some(url) => {
+            let (cluster, tasks) = crate::cluster::start(
+                url,
+                &config.redis_prefix,
+                router.clone(),
+                metrics.clone(),
+                &controller.subscribe(),
+            )
+            .map_err(ServerError::Config)?;
+            for task in tasks {
+                let tracker = controller.tracker();
+                tokio::spawn(async move {
+                    task.await;
+                    drop(tracker);
+                });
+            }
+            Some(cluster)
+        }
+        None => None,
+    };
+
     let origins = Origins::from_setting(config.allowed_origins.as_deref(), auth.is_some());
     info!(allowed = %origins.describe(), "web page origins");
     let relay = Arc::new(Relay {
@@ -115,6 +137,7 @@ pub async fn run(
         watermark,
         holds: std::sync::OnceLock::new(),
         live: std::sync::OnceLock::new(),
+        cluster,
         auth,
         policies: policies.clone(),
     });

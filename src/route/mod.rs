@@ -7,7 +7,9 @@
 //! parses and evaluates `column=op.value` filters by column type; [`policy`] holds read
 //! policies and private channel rules, evaluated in memory; [`live`] re-runs live aggregate
 //! queries after a change and pushes their results as broadcasts; [`deliver`] is the loop
-//! that feeds ingest's changes to the router.
+//! that feeds ingest's changes to the router. With several relays sharing Redis, [`outbox`]
+//! queues what this relay's clients broadcast and track for the others, and [`remote`]
+//! applies the other relays' presences.
 //!
 //! May use: `ingest` (the `Change` type and the stream of changes), `db`, and the small
 //! cross-cutting modules. Never `realtime` or `http`: sockets register here, not the reverse.
@@ -16,8 +18,10 @@ pub mod bindings;
 pub mod deliver;
 pub mod filter;
 pub mod live;
+pub mod outbox;
 pub mod policy;
 pub mod presence;
 pub mod queue;
+pub mod remote;
 pub mod router;
 pub mod topic;

@@ -4,10 +4,15 @@
 //! Pure state: the router owns one [`TopicPresence`] per topic and fans the diffs out. Each
 //! channel (one per socket and topic) holds at most one meta; re-tracking replaces it, with the
 //! new meta in `joins` and the old one in `leaves`, as Phoenix does.
+//!
+//! With several relays sharing Redis, a topic also holds the presences tracked on the other
+//! relays ([`RemoteMeta`]), as those relays announced them; they show in `presence_state` and
+//! their diffs are fanned out like local ones.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 
@@ -32,6 +37,18 @@ impl Meta {
     }
 }
 
+/// A presence tracked on another relay: its key and its meta (the client's payload with
+/// `phx_ref`) as that relay announced them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteMeta {
+    pub node: Arc<str>,
+    pub key: String,
+    pub meta: Value,
+}
+
+/// `(key, meta)` pairs, each meta carrying its `phx_ref`.
+pub type Metas = Vec<(String, Value)>;
+
 /// A change to a topic's presence, ready to send as `presence_diff`.
 #[derive(Debug, Default, PartialEq)]
 pub struct Diff {
@@ -42,6 +59,11 @@ pub struct Diff {
 impl Diff {
     pub fn is_empty(&self) -> bool {
         self.joins.is_empty() && self.leaves.is_empty()
+    }
+
+    /// The joins and the leaves.
+    pub fn into_parts(self) -> (Metas, Metas) {
+        (self.joins, self.leaves)
     }
 
     /// `{"joins":{key:{"metas":[…]}},"leaves":{…}}`
@@ -66,11 +88,106 @@ impl Diff {
 #[derive(Debug, Default)]
 pub struct TopicPresence {
     by_key: BTreeMap<String, Vec<Meta>>,
+    /// Presences on other relays, by `phx_ref` (unique across relays).
+    remote: BTreeMap<String, RemoteMeta>,
+}
+
+/// The `phx_ref` of a meta.
+fn ref_of(meta: &Value) -> Option<&str> {
+    meta.get("phx_ref").and_then(Value::as_str)
 }
 
 impl TopicPresence {
     pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
+        self.by_key.is_empty() && self.remote.is_empty()
+    }
+
+    /// This relay's presences as `(key, meta)`, for another relay to mirror.
+    pub fn local_entries(&self) -> Vec<(String, Value)> {
+        self.by_key
+            .iter()
+            .flat_map(|(key, metas)| metas.iter().map(|m| (key.clone(), m.to_json(None))))
+            .collect()
+    }
+
+    /// How many presences of other relays this topic mirrors.
+    pub fn remote_len(&self) -> usize {
+        self.remote.len()
+    }
+
+    /// Apply a diff announced by relay `node`: leaves of presences it does not hold, and joins
+    /// already known, are ignored. Returns what changed here.
+    pub fn apply_remote(
+        &mut self,
+        node: &Arc<str>,
+        joins: Vec<(String, Value)>,
+        leaves: Vec<(String, Value)>,
+    ) -> Diff {
+        let mut diff = Diff::default();
+        for (_, meta) in leaves {
+            let Some(r) = ref_of(&meta) else { continue };
+            if self.remote.get(r).is_some_and(|old| old.node == *node) {
+                if let Some(old) = self.remote.remove(r) {
+                    diff.leaves.push((old.key, old.meta));
+                }
+            }
+        }
+        for (key, meta) in joins {
+            self.remote_join(node, key, meta, &mut diff);
+        }
+        diff
+    }
+
+    fn remote_join(&mut self, node: &Arc<str>, key: String, mut meta: Value, diff: &mut Diff) {
+        let Some(r) = ref_of(&meta).map(str::to_owned) else {
+            return;
+        };
+        // The state keeps a meta as it stands, without the diff-only `phx_ref_prev`.
+        let announced = meta.clone();
+        if let Value::Object(m) = &mut meta {
+            m.remove("phx_ref_prev");
+        }
+        match self.remote.get(&r) {
+            Some(old) if old.key == key && old.meta == meta => return,
+            Some(old) if old.node != *node => return,
+            Some(_) => {
+                if let Some(old) = self.remote.remove(&r) {
+                    diff.leaves.push((old.key, old.meta));
+                }
+            }
+            None => {}
+        }
+        diff.joins.push((key.clone(), announced));
+        self.remote.insert(
+            r,
+            RemoteMeta {
+                node: node.clone(),
+                key,
+                meta,
+            },
+        );
+    }
+
+    /// Make relay `node`'s presences exactly `entries` (its full state, read from Redis).
+    pub fn replace_remote(&mut self, node: &Arc<str>, entries: Vec<(String, Value)>) -> Diff {
+        let keep: std::collections::HashSet<&str> =
+            entries.iter().filter_map(|(_, m)| ref_of(m)).collect();
+        let gone: Vec<String> = self
+            .remote
+            .iter()
+            .filter(|(r, m)| m.node == *node && !keep.contains(r.as_str()))
+            .map(|(r, _)| r.clone())
+            .collect();
+        let mut diff = Diff::default();
+        for r in gone {
+            if let Some(old) = self.remote.remove(&r) {
+                diff.leaves.push((old.key, old.meta));
+            }
+        }
+        for (key, meta) in entries {
+            self.remote_join(node, key, meta, &mut diff);
+        }
+        diff
     }
 
     /// Track `payload` under `key` for `owner`'s channel. `None` when nothing changed (the same
@@ -130,22 +247,34 @@ impl TopicPresence {
         Some((key, meta))
     }
 
-    /// `presence_state`: `{key: {"metas": […]}}`.
+    /// `presence_state`: `{key: {"metas": […]}}`, this relay's presences and then the other
+    /// relays'.
     pub fn state_json(&self) -> String {
-        let mut out = Map::new();
+        let mut out: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
         for (key, metas) in &self.by_key {
-            let list: Vec<Value> = metas.iter().map(|m| m.to_json(None)).collect();
-            out.insert(key.clone(), serde_json::json!({ "metas": list }));
+            out.entry(key)
+                .or_default()
+                .extend(metas.iter().map(|m| m.to_json(None)));
         }
+        for m in self.remote.values() {
+            out.entry(&m.key).or_default().push(m.meta.clone());
+        }
+        let out: Map<String, Value> = out
+            .into_iter()
+            .map(|(k, metas)| (k.to_owned(), serde_json::json!({ "metas": metas })))
+            .collect();
         Value::Object(out).to_string()
     }
 }
 
 static NEXT_REF: AtomicU64 = AtomicU64::new(1);
 
-/// A `phx_ref` unique within this process (Phoenix uses opaque strings too).
+/// A `phx_ref` unique among relays (Phoenix uses opaque strings too): a random prefix drawn
+/// once per process, then a counter.
 fn next_ref() -> String {
-    format!("F{:x}", NEXT_REF.fetch_add(1, Ordering::Relaxed))
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| random_key()[..8].to_owned());
+    format!("F{prefix}.{:x}", NEXT_REF.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A random version-4 UUID, for channels that join with an empty presence key.
@@ -208,6 +337,47 @@ mod tests {
         p.untrack(2).unwrap();
         assert!(p.is_empty());
         assert_eq!(p.state_json(), "{}");
+    }
+
+    #[test]
+    fn remote_presences_join_leave_and_are_replaced() {
+        let a: Arc<str> = "node-a".into();
+        let b: Arc<str> = "node-b".into();
+        let mut p = TopicPresence::default();
+        p.track(1, "local", map(json!({"x": 0}))).unwrap();
+        let m1 = json!({"phx_ref": "Ra.1", "user": 1});
+        let d = p.apply_remote(&a, vec![("alice".into(), m1.clone())], vec![]);
+        let v: Value = serde_json::from_str(&d.to_json()).unwrap();
+        assert_eq!(v["joins"]["alice"]["metas"][0], m1);
+        // Known already: nothing.
+        assert!(p
+            .apply_remote(&a, vec![("alice".into(), m1.clone())], vec![])
+            .is_empty());
+        // Another relay cannot take it away.
+        assert!(p
+            .apply_remote(&b, vec![], vec![("alice".into(), m1.clone())])
+            .is_empty());
+        let state: Value = serde_json::from_str(&p.state_json()).unwrap();
+        assert_eq!(state["alice"]["metas"][0], m1);
+        assert_eq!(state["local"]["metas"][0]["x"], 0);
+        // The full state of node a no longer has alice but has bob: one leave, one join.
+        let m2 = json!({"phx_ref": "Ra.2", "user": 2});
+        let d = p.replace_remote(&a, vec![("bob".into(), m2.clone())]);
+        let v: Value = serde_json::from_str(&d.to_json()).unwrap();
+        assert_eq!(v["leaves"]["alice"]["metas"][0], m1);
+        assert_eq!(v["joins"]["bob"]["metas"][0], m2);
+        assert_eq!(p.remote_len(), 1);
+        let d = p.replace_remote(&a, vec![]);
+        assert_eq!(d.into_parts().1.len(), 1);
+        p.untrack(1).unwrap();
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn refs_are_unique_across_processes_by_prefix() {
+        let r = next_ref();
+        assert!(r.starts_with('F') && r.contains('.'), "{r}");
+        assert_ne!(next_ref(), r);
     }
 
     #[test]

@@ -8,12 +8,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use tokio::sync::oneshot;
 
 use crate::ingest::change::Change;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Vsn};
 use crate::route::bindings::{BindingId, Bindings, NewBinding};
+use crate::route::outbox::Outbox;
+use crate::route::presence::Diff;
 use crate::route::queue::{
     try_queue, Frame, Outbound, SocketHandle, SocketId, SocketShared, SLOW_CONSUMER,
 };
@@ -30,9 +34,9 @@ struct SocketEntry {
 
 /// Everything behind the router's lock.
 #[derive(Debug, Default)]
-struct State {
+pub(super) struct State {
     sockets: HashMap<SocketId, SocketEntry>,
-    topics: HashMap<TopicKey, Topic>,
+    pub(super) topics: HashMap<TopicKey, Topic>,
     /// Every channel's `postgres_changes` bindings.
     bindings: Bindings,
 }
@@ -42,7 +46,10 @@ struct State {
 pub struct Router {
     state: Mutex<State>,
     next_socket: AtomicU64,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
+    /// Where broadcasts and presence changes go to reach other relays (Redis); unset: this
+    /// relay is the only one.
+    outbox: OnceLock<Outbox>,
 }
 
 impl Router {
@@ -51,10 +58,24 @@ impl Router {
             state: Mutex::default(),
             next_socket: AtomicU64::new(0),
             metrics,
+            outbox: OnceLock::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    /// Hand broadcasts and presence changes to other relays from now on.
+    pub fn attach_outbox(&self, outbox: Outbox) {
+        let _ = self.outbox.set(outbox);
+    }
+
+    /// Tell the other relays about a presence change of this relay's channels.
+    fn export(&self, key: &TopicKey, diff: Diff) {
+        if let Some(outbox) = self.outbox.get() {
+            let (joins, leaves) = diff.into_parts();
+            outbox.presence(key, joins, leaves);
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // Every mutation below keeps the state consistent before it can panic (it cannot on
         // input), so taking over a poisoned lock is safe and keeps other clients served.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -121,6 +142,7 @@ impl Router {
             let empty = topic.members.is_empty() && topic.presence.is_empty();
             if let Some(diff) = diff {
                 st.fan_out_diff(key, &diff, &self.metrics, &mut cut);
+                self.export(key, diff);
             }
             if empty {
                 st.topics.remove(key);
@@ -149,6 +171,7 @@ impl Router {
             }
             if let Some(diff) = topic.presence.track(socket, presence_key, payload) {
                 st.fan_out_diff(key, &diff, &self.metrics, &mut cut);
+                self.export(key, diff);
             }
         }
         self.cut_off_all(cut);
@@ -164,13 +187,39 @@ impl Router {
             };
             if let Some(diff) = topic.presence.untrack(socket) {
                 st.fan_out_diff(key, &diff, &self.metrics, &mut cut);
+                self.export(key, diff);
             }
         }
         self.cut_off_all(cut);
     }
 
-    /// Send a broadcast to every member of a topic (the sender only if it asked for `self`).
-    /// Returns how many sockets it was queued for.
+    /// A client's broadcast: to this relay's members, and to the other relays' when several
+    /// share Redis. With `ack`, the receiver learns whether Redis took it (`None`: this relay
+    /// is the only one, or the message could not be queued for the others).
+    pub fn publish(
+        &self,
+        key: &TopicKey,
+        sender: Option<SocketId>,
+        msg: Broadcast,
+        ack: bool,
+    ) -> Option<oneshot::Receiver<bool>> {
+        self.broadcast(key, sender, &msg);
+        let outbox = self.outbox.get()?;
+        let (tx, rx) = if ack {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        if !outbox.broadcast(key, msg, tx) {
+            Metrics::inc(&self.metrics.cluster_broadcasts_dropped_total);
+            return None;
+        }
+        rx
+    }
+
+    /// Send a broadcast to this relay's members of a topic (the sender only if it asked for
+    /// `self`). Returns how many sockets it was queued for.
     pub fn broadcast(&self, key: &TopicKey, sender: Option<SocketId>, msg: &Broadcast) -> usize {
         let mut cut = Vec::new();
         let mut sent = 0;
@@ -343,7 +392,7 @@ impl Router {
         self.cut_off_all(cut);
     }
 
-    fn cut_off_all(&self, cut: Vec<Arc<SocketShared>>) {
+    pub(super) fn cut_off_all(&self, cut: Vec<Arc<SocketShared>>) {
         for shared in cut {
             // Counted once per socket, however many changes found its queue full.
             if shared.cut_off(SLOW_CONSUMER) {
@@ -355,7 +404,7 @@ impl Router {
 
 impl State {
     /// Queue a presence diff to every presence member of a topic.
-    fn fan_out_diff(
+    pub(super) fn fan_out_diff(
         &self,
         key: &TopicKey,
         diff: &crate::route::presence::Diff,

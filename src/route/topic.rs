@@ -36,7 +36,7 @@ pub(super) struct Topic {
 }
 
 /// A broadcast to fan out.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Broadcast {
     /// `{"type":"broadcast","event":…,"payload":…}` as JSON text, for every member.
     Json(String),

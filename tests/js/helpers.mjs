@@ -122,14 +122,14 @@ async function waitReady(port, stderr) {
 }
 
 /** A relay child process; resolves once it listens and `/ready` says it is ready. */
-async function spawnRelay(dbUrl, port) {
-  const proc = await spawnRelayProcess(dbUrl, port);
+async function spawnRelay(dbUrl, port, env = {}) {
+  const proc = await spawnRelayProcess(dbUrl, port, env);
   await waitReady(proc.port, proc.stderr);
   return proc;
 }
 
 /** A relay child process; resolves once it logged its listening address. */
-function spawnRelayProcess(dbUrl, port) {
+function spawnRelayProcess(dbUrl, port, extraEnv = {}) {
   return new Promise((resolve, reject) => {
     const child = spawn(RELAY_BIN, ['serve', '--listen', `127.0.0.1:${port}`], {
       cwd: REPO_ROOT,
@@ -137,6 +137,7 @@ function spawnRelayProcess(dbUrl, port) {
         ...process.env,
         DATABASE_URL: dbUrl,
         RUST_LOG: process.env.PGRELAY_TEST_RUST_LOG || 'info',
+        ...extraEnv,
       },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
@@ -214,10 +215,32 @@ async function stopRelay(proc) {
 }
 
 /**
- * Creates a fresh database, starts the relay on it and returns
- * `{ url, port, db, dbName, stop(), restart(), stderr() }`.
+ * Another relay on an existing database (`relay.dbUrl`), with extra environment `env`:
+ * `{ url, port, stop(), kill(), stderr() }`. `stop()` is SIGTERM (expects exit 0), `kill()`
+ * SIGKILL.
  */
-export async function startRelay({ port = 0 } = {}) {
+export async function startPeerRelay(dbUrl, env = {}) {
+  const proc = await spawnRelay(dbUrl, 0, env);
+  return {
+    port: proc.port,
+    url: `http://127.0.0.1:${proc.port}`,
+    stderr: () => proc.stderr(),
+    async stop() {
+      const r = await stopRelay(proc);
+      assert.equal(r.code, 0, `pgrelay exit on SIGTERM: ${JSON.stringify(r)}; stderr:\n${proc.stderr()}`);
+    },
+    async kill() {
+      proc.child.kill('SIGKILL');
+      await proc.exited;
+    },
+  };
+}
+
+/**
+ * Creates a fresh database, starts the relay on it (with extra environment `env`) and returns
+ * `{ url, port, db, dbName, dbUrl, stop(), restart(), stderr() }`.
+ */
+export async function startRelay({ port = 0, env = {} } = {}) {
   const dbName = `pgrelay_js_${randomBytes(6).toString('hex')}`;
   await withAdmin((admin) => admin.query(`CREATE DATABASE "${dbName}"`));
   const dbUrl = dbUrlFor(dbName);
@@ -229,7 +252,7 @@ export async function startRelay({ port = 0 } = {}) {
     withAdmin((admin) => admin.query(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`));
 
   try {
-    proc = await spawnRelay(dbUrl, port);
+    proc = await spawnRelay(dbUrl, port, env);
     db = new pg.Client({ connectionString: dbUrl });
     await db.connect();
   } catch (err) {
@@ -269,7 +292,7 @@ export async function startRelay({ port = 0 } = {}) {
     async restart() {
       const r = await stopRelay(proc);
       assert.equal(r.code, 0, `pgrelay exit on SIGTERM: ${JSON.stringify(r)}`);
-      proc = await spawnRelay(dbUrl, relay.port);
+      proc = await spawnRelay(dbUrl, relay.port, env);
       assert.equal(proc.port, relay.port, 'restarted relay listens on the same port');
     },
   };

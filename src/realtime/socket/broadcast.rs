@@ -1,10 +1,13 @@
 //! Broadcast pushes from the client, JSON or binary: checked (joined, allowed to send, size)
-//! and fanned out to the topic's other members; acknowledged only when the channel asked.
+//! and fanned out to the topic's other members, on every relay when several share Redis;
+//! acknowledged only when the channel asked, and then once Redis has taken the message.
 
 use std::fmt::Display;
+use std::time::Duration;
 
 use futures_util::{Sink, Stream};
 use serde_json::Value;
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::protocol;
@@ -14,6 +17,13 @@ use crate::route::live::LiveQueries;
 use crate::route::policy::ChannelAction;
 use crate::route::topic::Broadcast;
 
+/// Learns whether the other relays' Redis took a broadcast (`None`: nothing to wait for).
+pub(super) type Sent = Option<oneshot::Receiver<bool>>;
+
+/// How long an acknowledged broadcast waits for Redis before the ack is sent anyway (the
+/// message reached this relay's members).
+const ACK_WAIT: Duration = Duration::from_secs(3);
+
 impl<S, E> Socket<S>
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
@@ -21,7 +31,7 @@ where
     E: Display,
 {
     /// A JSON broadcast push: `{"type":"broadcast","event":…,"payload":…}`.
-    pub(super) fn broadcast_json(&self, topic: &str, payload: &Value) -> Result<(), String> {
+    pub(super) fn broadcast_json(&self, topic: &str, payload: &Value) -> Result<Sent, String> {
         let Some(joined) = self.channels.by_topic.get(topic) else {
             return Err("unmatched topic".into());
         };
@@ -33,14 +43,16 @@ where
         let out =
             serde_json::json!({"type": "broadcast", "event": event, "payload": body}).to_string();
         self.check_broadcast_size(out.len())?;
-        self.ctx
-            .router
-            .broadcast(&joined.key, Some(self.id), &Broadcast::Json(out));
-        Ok(())
+        Ok(self.ctx.router.publish(
+            &joined.key,
+            Some(self.id),
+            Broadcast::Json(out),
+            joined.broadcast_ack,
+        ))
     }
 
     /// A binary (kind 3) broadcast push.
-    pub(super) fn broadcast_binary(&self, push: protocol::BinaryPush) -> Result<(), String> {
+    pub(super) fn broadcast_binary(&self, push: protocol::BinaryPush) -> Result<Sent, String> {
         let Some(joined) = self.channels.by_topic.get(push.topic.as_str()) else {
             return Err("unmatched topic".into());
         };
@@ -58,8 +70,10 @@ where
                 payload: push.payload,
             }
         };
-        self.ctx.router.broadcast(&joined.key, Some(self.id), &msg);
-        Ok(())
+        Ok(self
+            .ctx
+            .router
+            .publish(&joined.key, Some(self.id), msg, joined.broadcast_ack))
     }
 
     /// Never on a topic the relay publishes; on a private channel with auth on, a channel
@@ -96,7 +110,7 @@ where
         topic: &str,
         jr: Option<&str>,
         r: Option<&str>,
-        result: Result<(), String>,
+        result: Result<Sent, String>,
     ) -> Result<(), String> {
         let ack = self
             .channels
@@ -104,8 +118,15 @@ where
             .get(topic)
             .is_some_and(|j| j.broadcast_ack);
         let reply = match result {
-            Ok(()) if ack => protocol::reply_ok(self.vsn, jr, r, topic, "{}"),
-            Ok(()) => return Ok(()),
+            Ok(sent) if ack => {
+                if let Some(sent) = sent {
+                    // Delivered here already; with Redis down the ack still says ok (this
+                    // relay's members have it) and the metrics count what did not cross.
+                    let _ = tokio::time::timeout(ACK_WAIT, sent).await;
+                }
+                protocol::reply_ok(self.vsn, jr, r, topic, "{}")
+            }
+            Ok(_) => return Ok(()),
             Err(reason) => protocol::reply_error(self.vsn, jr, r, topic, &reason),
         };
         self.send(reply).await
