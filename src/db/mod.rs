@@ -216,14 +216,30 @@ pub async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, DbError> {
     pool.get().await.map_err(|e| DbError::Pool(pool_cause(e)))
 }
 
+/// Several relays starting at once against one database (two compose services, replicas
+/// behind a load balancer) take turns to migrate and apply the triggers: concurrent runs would
+/// race on creating the same objects. A session-level advisory lock, released at the end.
+const SETUP_LOCK: &str = "SELECT pg_advisory_lock(hashtext('pgrelay.setup'))";
+const SETUP_UNLOCK: &str = "SELECT pg_advisory_unlock(hashtext('pgrelay.setup'))";
+
+/// Release the setup lock; a session that cannot is closed rather than returned to the pool
+/// still holding it (which would stall every other relay's start).
+async fn unlock_setup(obj: deadpool_postgres::Object) {
+    if obj.batch_execute(SETUP_UNLOCK).await.is_err() {
+        drop(deadpool_postgres::Object::take(obj));
+    }
+}
+
 /// Run the migrations in sql/ (embedded at build time). Returns the versions applied now.
 pub async fn migrate(pool: &Pool) -> Result<Vec<String>, DbError> {
     let mut obj = client(pool).await?;
-    let client: &mut tokio_postgres::Client = &mut obj;
-    let report = embedded::migrations::runner()
-        .run_async(client)
-        .await
-        .map_err(|e| DbError::Migration(e.to_string()))?;
+    obj.batch_execute(SETUP_LOCK).await?;
+    let report = {
+        let client: &mut tokio_postgres::Client = &mut obj;
+        embedded::migrations::runner().run_async(client).await
+    };
+    unlock_setup(obj).await;
+    let report = report.map_err(|e| DbError::Migration(e.to_string()))?;
     Ok(report
         .applied_migrations()
         .iter()
@@ -282,7 +298,19 @@ pub async fn apply_triggers(
 ) -> Result<(String, usize), DbError> {
     let (source, files) = trigger_sources(dir)?;
     let client = client(pool).await?;
-    for (name, sql) in &files {
+    client.batch_execute(SETUP_LOCK).await?;
+    let applied = apply_trigger_files(&client, &files, channel).await;
+    unlock_setup(client).await;
+    applied?;
+    Ok((source, files.len()))
+}
+
+async fn apply_trigger_files(
+    client: &tokio_postgres::Client,
+    files: &[(String, String)],
+    channel: &str,
+) -> Result<(), DbError> {
+    for (name, sql) in files {
         client
             .batch_execute(sql)
             .await
@@ -305,7 +333,7 @@ pub async fn apply_triggers(
             file: "pgrelay.channel()".into(),
             cause,
         })?;
-    Ok((source, files.len()))
+    Ok(())
 }
 
 /// Tables whose rows are published, i.e. that have the pgrelay trigger attached.

@@ -163,7 +163,7 @@ fn services_and_health_checks() {
         .collect();
     assert_eq!(
         services,
-        ["cleanup", "postgres", "relay"]
+        ["cleanup", "postgres", "redis", "relay", "relay-b"]
             .map(String::from)
             .into_iter()
             .collect()
@@ -212,46 +212,78 @@ fn services_and_health_checks() {
     }
     assert_eq!(command_of(relay), ["serve"]);
     assert_eq!(command_of(cleanup), ["cleanup"]);
+
+    // Two relays acting as one through the official Redis image.
+    let redis = &doc["services"]["redis"];
+    assert_eq!(str_of(&redis["image"]), "redis:7", "the official image");
+    assert!(healthcheck_test(redis).iter().any(|t| t.contains("ping")));
+    let relay_b = &doc["services"]["relay-b"];
+    assert_eq!(command_of(relay_b), ["serve"]);
+    assert_eq!(
+        str_of(&relay_b["image"]),
+        str_of(&relay["image"]),
+        "one image"
+    );
+    for s in [relay, relay_b] {
+        assert_eq!(env_value(s, "PGRELAY_REDIS_URL"), "redis://redis:6379");
+        assert_eq!(
+            str_of(&s["depends_on"]["redis"]["condition"]),
+            "service_healthy"
+        );
+        assert!(healthcheck_test(s).iter().any(|t| t.contains("/ready")));
+    }
     for name in ["PGRELAY_CLEANUP_INTERVAL", "PGRELAY_STALE_AFTER"] {
         env_value(cleanup, name);
     }
 }
 
 #[test]
-fn relay_port_matches_its_listen_address() {
+fn relay_ports_match_their_listen_addresses() {
     let doc = compose();
-    let relay = &doc["services"]["relay"];
-    let listen: std::net::SocketAddr = env_value(relay, "PGRELAY_LISTEN").parse().expect("addr");
-    assert!(
-        listen.ip().is_unspecified(),
-        "{listen}: reachable from outside the container"
-    );
-    let ports: Vec<String> = relay["ports"]
-        .as_vec()
-        .expect("ports")
-        .iter()
-        .map(str_of)
-        .collect();
-    let container_ports: Vec<u16> = ports
-        .iter()
-        .map(|p| {
-            p.rsplit(':')
-                .next()
-                .and_then(|c| c.split('/').next())
-                .and_then(|c| c.parse().ok())
-                .unwrap_or_else(|| panic!("port {p}"))
-        })
-        .collect();
-    assert!(
-        container_ports.contains(&listen.port()),
-        "{ports:?} publishes {}",
-        listen.port()
-    );
-    let test = healthcheck_test(relay).join(" ");
-    assert!(
-        test.contains(&format!(":{}/ready", listen.port())),
-        "the health check asks the relay's port: {test}"
-    );
+    let mut host_ports = BTreeSet::new();
+    for name in ["relay", "relay-b"] {
+        let relay = &doc["services"][name];
+        let listen: std::net::SocketAddr =
+            env_value(relay, "PGRELAY_LISTEN").parse().expect("addr");
+        assert!(
+            listen.ip().is_unspecified(),
+            "{name} {listen}: reachable from outside the container"
+        );
+        let ports: Vec<String> = relay["ports"]
+            .as_vec()
+            .expect("ports")
+            .iter()
+            .map(str_of)
+            .collect();
+        let parsed: Vec<(String, u16)> = ports
+            .iter()
+            .map(|p| {
+                let (host, container) = p.rsplit_once(':').unwrap_or(("", p));
+                let container = container
+                    .split('/')
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or_else(|| panic!("port {p}"));
+                (host.to_owned(), container)
+            })
+            .collect();
+        assert!(
+            parsed.iter().any(|(_, c)| *c == listen.port()),
+            "{name}: {ports:?} publishes {}",
+            listen.port()
+        );
+        for (host, _) in parsed {
+            assert!(
+                host_ports.insert(host.clone()),
+                "host port {host} used twice"
+            );
+        }
+        let test = healthcheck_test(relay).join(" ");
+        assert!(
+            test.contains(&format!(":{}/ready", listen.port())),
+            "{name}: the health check asks the relay's port: {test}"
+        );
+    }
 }
 
 /// Every variable the relay and cleanup services set is one their command reads, with a
@@ -259,7 +291,7 @@ fn relay_port_matches_its_listen_address() {
 #[test]
 fn environment_names_are_read_by_the_cli() {
     let doc = compose();
-    for service in ["relay", "cleanup"] {
+    for service in ["relay", "relay-b", "cleanup"] {
         let s = &doc["services"][service];
         let command = command_of(s);
         let out = pgrelay(

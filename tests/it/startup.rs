@@ -362,3 +362,55 @@ async fn json_logs() {
         "{lines:#?}"
     );
 }
+
+/// Relays started together on a fresh database (two compose services, replicas behind a load
+/// balancer) take turns to migrate and apply the triggers instead of racing on creating the
+/// same objects; all of them become ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn relays_starting_together_on_a_fresh_database_all_become_ready() {
+    init_tracing();
+    let db = TestDb::new().await;
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        addrs.push(listener.local_addr().expect("addr"));
+        let mut config = pgrelay::Config::new(db.url.clone());
+        config.pool_size = 2;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        tasks.push(tokio::spawn(pgrelay::run(config, listener, async move {
+            let _ = stopped.await;
+        })));
+    }
+    for addr in &addrs {
+        wait_ready(*addr).await;
+    }
+    let client = db.client().await;
+    let applied: i64 = client
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await
+        .expect("history")
+        .get(0);
+    let distinct: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT version) FROM refinery_schema_history",
+            &[],
+        )
+        .await
+        .expect("history")
+        .get(0);
+    assert_eq!(applied, distinct, "each migration applied once");
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for task in tasks {
+        let r = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("relay stops in time");
+        r.expect("relay task").expect("relay result");
+    }
+}
