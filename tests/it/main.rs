@@ -22,6 +22,7 @@ mod inspector;
 mod lifecycle;
 mod live;
 mod ops;
+mod poll_admin;
 mod protocol;
 mod realtime;
 mod security;
