@@ -1,5 +1,6 @@
 //! Creating, opening and closing polls over the HTTP API (`POST /api/v1/polls`, `…/{id}/open`,
-//! `…/{id}/close`), with auth off and on, every refusal in the API's error shape.
+//! `…/{id}/close`), with auth off and on, every refusal in the API's error shape; and the demo
+//! polls a relay on its own database seeds.
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -244,4 +245,42 @@ async fn with_auth_on_only_service_role_administers_polls() {
         .get(0);
     assert_eq!(n, 1);
     relay.stop().await;
+}
+
+/// The demo seed: a few active polls into an empty `polls` table, once, and nothing into a
+/// table that has any row at all (a draft included).
+#[tokio::test]
+async fn demo_polls_are_seeded_only_into_an_empty_table() {
+    let db = TestDb::new().await;
+    let pool = pgrelay::db::connect_pool(&db.url, 2).await.unwrap();
+    pgrelay::db::migrate(&pool).await.unwrap();
+    let seeded = pgrelay::db::demo::seed_when_empty(&pool).await.unwrap();
+    assert_eq!(seeded, pgrelay::db::demo::DEMO_POLLS.len() as u64);
+    assert!(seeded >= 2);
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT question, status, jsonb_array_length(options) FROM polls \
+             ORDER BY created_at DESC, id DESC",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (first, _) = pgrelay::db::demo::DEMO_POLLS[0];
+    assert_eq!(
+        rows[0].get::<_, String>(0),
+        first,
+        "listed in the seed's order"
+    );
+    for r in &rows {
+        assert_eq!(r.get::<_, String>(1), "active");
+        assert!(r.get::<_, i32>(2) >= 2);
+    }
+    assert_eq!(pgrelay::db::demo::seed_when_empty(&pool).await.unwrap(), 0);
+
+    let other = TestDb::new().await;
+    let pool = pgrelay::db::connect_pool(&other.url, 2).await.unwrap();
+    pgrelay::db::migrate(&pool).await.unwrap();
+    crate::api::poll(&other.client().await, "mine", json!(["a", "b"]), "draft").await;
+    assert_eq!(pgrelay::db::demo::seed_when_empty(&pool).await.unwrap(), 0);
 }
