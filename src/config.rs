@@ -63,6 +63,18 @@ pub enum Command {
     /// stopped. Needs only DATABASE_URL and a schema set up by `migrate` or `serve`; any number
     /// may run at once.
     Cleanup(CleanupArgs),
+    /// Remove pgrelay from the database and exit: the change triggers on published tables,
+    /// schema `pgrelay` and `refinery_schema_history`. The app's tables and their rows stay
+    /// unless --drop-app-tables. Stop every relay using the database first.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UninstallArgs {
+    /// Also drop the reference app's tables with their rows (profiles, polls, user_votes,
+    /// button_holds, app_settings, the statistics caches), its view and functions.
+    #[arg(long)]
+    pub drop_app_tables: bool,
 }
 
 #[derive(Debug, Subcommand)]

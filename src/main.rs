@@ -11,9 +11,9 @@ use tracing_subscriber::EnvFilter;
 
 use pgrelay::config::{
     CleanupArgs, Cli, Command, LogFormat, ServeArgs, Timeout, TriggersArgs, TriggersCommand,
-    DEFAULT_DATABASE_URL,
+    UninstallArgs, DEFAULT_DATABASE_URL,
 };
-use pgrelay::db::{self, cleanup, demo, home, pginstance};
+use pgrelay::db::{self, cleanup, demo, home, pginstance, uninstall};
 use pgrelay::http::server;
 use pgrelay::shutdown::ShutdownController;
 use pgrelay::Config;
@@ -110,6 +110,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let url = if explicit { url } else { home::own_url(&url)? };
             cleanup(url, explicit, db.pool_size, args).await
         }
+        Some(Command::Uninstall(args)) => {
+            let url = if explicit { url } else { home::own_url(&url)? };
+            uninstall(&url, args).await
+        }
     }
 }
 
@@ -148,6 +152,39 @@ async fn seed_demo(url: &str) -> anyhow::Result<()> {
             "seeded active demo polls (the polls table was empty): open /demo to vote"
         ),
         Err(e) => tracing::warn!(cause = %e, "could not seed the demo polls"),
+    }
+    Ok(())
+}
+
+/// `pgrelay uninstall`: what was removed, on stdout.
+async fn uninstall(url: &str, args: UninstallArgs) -> anyhow::Result<()> {
+    let pool = db::connect_pool(url, 1).await?;
+    let removed = uninstall::uninstall(&pool, args.drop_app_tables).await?;
+    for t in &removed.triggers {
+        println!("dropped trigger {t}");
+    }
+    if removed.schema {
+        println!(
+            "dropped schema pgrelay and its {} tables and functions",
+            removed.pgrelay_objects
+        );
+    }
+    if removed.history {
+        println!("dropped refinery_schema_history");
+    }
+    if args.drop_app_tables {
+        println!(
+            "dropped the app's tables: {}",
+            removed.app_tables.join(", ")
+        );
+    } else {
+        println!(
+            "kept the app's tables and their rows (--drop-app-tables drops them); to install \
+             pgrelay here again, drop them first, since the migrations create them"
+        );
+    }
+    if removed.triggers.is_empty() && !removed.schema && !removed.history {
+        println!("pgrelay was not installed in this database");
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! Also here: [`pginstance`], the private PostgreSQL of a zero-configuration start, and
 //! [`cleanup`], the loop that ends stale hold sessions and prunes the change log; [`home`],
 //! pgrelay's own database under the built-in default URL, and [`demo`], the polls seeded
-//! there.
+//! there; [`uninstall`], removing pgrelay from a database.
 //!
 //! May use: `config` and `shutdown` only. Every other folder builds on this one.
 
@@ -15,6 +15,7 @@ pub mod cleanup;
 pub mod demo;
 pub mod home;
 pub mod pginstance;
+pub mod uninstall;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

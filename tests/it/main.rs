@@ -28,4 +28,5 @@ mod realtime;
 mod security;
 mod sse;
 mod startup;
+mod uninstall;
 mod votes;
