@@ -28,5 +28,6 @@ mod realtime;
 mod security;
 mod sse;
 mod startup;
+mod toolchain;
 mod uninstall;
 mod votes;
