@@ -10,8 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 /// The default server: a local PostgreSQL with the stock superuser, so that a developer can
-/// start the relay without configuring anything. Its `postgres` database is only used to
-/// create pgrelay's own (`db::home`).
+/// start the relay without configuring anything (in pgrelay's own database, `db::home`).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// pgrelay: stream PostgreSQL changes to apps over the Supabase Realtime protocol.
@@ -63,18 +62,12 @@ pub enum Command {
     /// stopped. Needs only DATABASE_URL and a schema set up by `migrate` or `serve`; any number
     /// may run at once.
     Cleanup(CleanupArgs),
-    /// Remove pgrelay from the database and exit: the change triggers on published tables,
-    /// schema `pgrelay` and `refinery_schema_history`. The app's tables and their rows stay
-    /// unless --drop-app-tables. Stop every relay using the database first.
-    Uninstall(UninstallArgs),
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct UninstallArgs {
-    /// Also drop the reference app's tables with their rows (profiles, polls, user_votes,
-    /// button_holds, app_settings, the statistics caches), its view and functions.
-    #[arg(long)]
-    pub drop_app_tables: bool,
+    /// Remove pgrelay's triggers, schema and migration history from the database, and exit.
+    Uninstall {
+        /// Also drop the app's tables with their rows (kept by default), its view and functions.
+        #[arg(long)]
+        drop_app_tables: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

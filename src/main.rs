@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use pgrelay::config::{
     CleanupArgs, Cli, Command, LogFormat, ServeArgs, Timeout, TriggersArgs, TriggersCommand,
-    UninstallArgs, DEFAULT_DATABASE_URL,
+    DEFAULT_DATABASE_URL,
 };
 use pgrelay::db::{self, cleanup, demo, home, pginstance, uninstall};
 use pgrelay::http::server;
@@ -110,9 +110,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let url = if explicit { url } else { home::own_url(&url)? };
             cleanup(url, explicit, db.pool_size, args).await
         }
-        Some(Command::Uninstall(args)) => {
+        Some(Command::Uninstall { drop_app_tables }) => {
             let url = if explicit { url } else { home::own_url(&url)? };
-            uninstall(&url, args).await
+            uninstall(&url, drop_app_tables).await
         }
     }
 }
@@ -157,9 +157,9 @@ async fn seed_demo(url: &str) -> anyhow::Result<()> {
 }
 
 /// `pgrelay uninstall`: what was removed, on stdout.
-async fn uninstall(url: &str, args: UninstallArgs) -> anyhow::Result<()> {
+async fn uninstall(url: &str, drop_app_tables: bool) -> anyhow::Result<()> {
     let pool = db::connect_pool(url, 1).await?;
-    let removed = uninstall::uninstall(&pool, args.drop_app_tables).await?;
+    let removed = uninstall::uninstall(&pool, drop_app_tables).await?;
     for t in &removed.triggers {
         println!("dropped trigger {t}");
     }
@@ -172,7 +172,7 @@ async fn uninstall(url: &str, args: UninstallArgs) -> anyhow::Result<()> {
     if removed.history {
         println!("dropped refinery_schema_history");
     }
-    if args.drop_app_tables {
+    if drop_app_tables {
         println!(
             "dropped the app's tables: {}",
             removed.app_tables.join(", ")
