@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// The default database: a local PostgreSQL with the stock superuser, so that a developer can
-/// start the relay without configuring anything.
+/// The default server: a local PostgreSQL with the stock superuser, so that a developer can
+/// start the relay without configuring anything (in pgrelay's own database, `db::home`).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// pgrelay: stream PostgreSQL changes to apps over the Supabase Realtime protocol.
@@ -62,6 +62,12 @@ pub enum Command {
     /// stopped. Needs only DATABASE_URL and a schema set up by `migrate` or `serve`; any number
     /// may run at once.
     Cleanup(CleanupArgs),
+    /// Remove pgrelay's triggers, schema and migration history from the database, and exit.
+    Uninstall {
+        /// Also drop the app's tables with their rows (kept by default), its view and functions.
+        #[arg(long)]
+        drop_app_tables: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,9 +78,9 @@ pub enum TriggersCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL connection URL [default: postgres://postgres@127.0.0.1:5432/postgres]. The
-    /// LISTEN session needs a direct connection to the primary (not through a
-    /// transaction-pooling PgBouncer).
+    /// PostgreSQL connection URL, used as given [default: database `pgrelay` on
+    /// postgres://postgres@127.0.0.1:5432, created if missing]. The LISTEN session needs a
+    /// direct connection to the primary (not through a transaction-pooling PgBouncer).
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 

@@ -13,7 +13,7 @@ use pgrelay::config::{
     CleanupArgs, Cli, Command, LogFormat, ServeArgs, Timeout, TriggersArgs, TriggersCommand,
     DEFAULT_DATABASE_URL,
 };
-use pgrelay::db::{self, cleanup, pginstance};
+use pgrelay::db::{self, cleanup, demo, home, pginstance, uninstall};
 use pgrelay::http::server;
 use pgrelay::shutdown::ShutdownController;
 use pgrelay::Config;
@@ -80,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => serve(url, explicit, db.pool_size, ServeArgs::parse_default()).await,
         Some(Command::Serve(args)) => serve(url, explicit, db.pool_size, args).await,
         Some(Command::Migrate) => {
+            let url = database(url, explicit).await?;
             let pool = db::connect_pool(&url, 1).await?;
             let applied = db::migrate(&pool).await?;
             if applied.is_empty() {
@@ -96,6 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     channel,
                 }),
         }) => {
+            let url = database(url, explicit).await?;
             let pool = db::connect_pool(&url, 1).await?;
             let (source, files) = db::apply_triggers(&pool, triggers_dir.as_deref(), &channel)
                 .await
@@ -103,8 +105,88 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("applied {files} trigger files from {source} (channel {channel})");
             Ok(())
         }
-        Some(Command::Cleanup(args)) => cleanup(url, explicit, db.pool_size, args).await,
+        Some(Command::Cleanup(args)) => {
+            // Never creates pgrelay's own database: without a schema there is nothing to do.
+            let url = if explicit { url } else { home::own_url(&url)? };
+            cleanup(url, explicit, db.pool_size, args).await
+        }
+        Some(Command::Uninstall { drop_app_tables }) => {
+            let url = if explicit { url } else { home::own_url(&url)? };
+            uninstall(&url, drop_app_tables).await
+        }
     }
+}
+
+/// The database to use: an explicit `DATABASE_URL` as given; with the built-in default (or a
+/// private PostgreSQL's URL), pgrelay's own database on that server, created if missing.
+/// Either way one log line names it.
+async fn database(url: String, explicit: bool) -> anyhow::Result<String> {
+    if explicit {
+        if let Ok(cfg) = db::pg_config(&url) {
+            tracing::info!(database = %db::describe(&cfg), "using the database DATABASE_URL names");
+        }
+        return Ok(url);
+    }
+    let (own, created) = home::ensure_own_database(&url).await?;
+    let on = db::pg_config(&own)
+        .map(|c| db::describe(&c))
+        .unwrap_or_default();
+    tracing::info!(
+        database = home::OWN_DATABASE,
+        url = %own,
+        created,
+        "no DATABASE_URL: using pgrelay's own database {on} (set DATABASE_URL to use another)"
+    );
+    Ok(own)
+}
+
+/// Migrate pgrelay's own database and seed the demo polls when it has none (never done to a
+/// database `DATABASE_URL` names).
+async fn seed_demo(url: &str) -> anyhow::Result<()> {
+    let pool = db::connect_pool(url, 1).await?;
+    db::migrate(&pool).await?;
+    match demo::seed_when_empty(&pool).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            polls = n,
+            "seeded active demo polls (the polls table was empty): open /demo to vote"
+        ),
+        Err(e) => tracing::warn!(cause = %e, "could not seed the demo polls"),
+    }
+    Ok(())
+}
+
+/// `pgrelay uninstall`: what was removed, on stdout.
+async fn uninstall(url: &str, drop_app_tables: bool) -> anyhow::Result<()> {
+    let pool = db::connect_pool(url, 1).await?;
+    let removed = uninstall::uninstall(&pool, drop_app_tables).await?;
+    for t in &removed.triggers {
+        println!("dropped trigger {t}");
+    }
+    if removed.schema {
+        println!(
+            "dropped schema pgrelay and its {} tables and functions",
+            removed.pgrelay_objects
+        );
+    }
+    if removed.history {
+        println!("dropped refinery_schema_history");
+    }
+    if drop_app_tables {
+        println!(
+            "dropped the app's tables: {}",
+            removed.app_tables.join(", ")
+        );
+    } else {
+        println!(
+            "kept the app's tables and their rows (--drop-app-tables drops them); to install \
+             pgrelay here again, drop them first, since the migrations create them"
+        );
+    }
+    if removed.triggers.is_empty() && !removed.schema && !removed.history {
+        println!("pgrelay was not installed in this database");
+    }
+    Ok(())
 }
 
 /// How long to retry an unreachable database at startup; `None`: for ever.
@@ -133,6 +215,10 @@ async fn serve(
         pginstance::zero_config().await?
     };
     let database_url = private.as_ref().map_or(database_url, |p| p.url.clone());
+    let database_url = database(database_url, explicit_url).await?;
+    if !explicit_url {
+        seed_demo(&database_url).await?;
+    }
     let cleanup = args.session_cleanup();
     let config = Config {
         database_url,

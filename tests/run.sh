@@ -2,7 +2,8 @@
 # The test command (README "Test"): the Rust suites, then the supabase-js suites and the browser
 # suite against the built relay. Needs PostgreSQL >= 14 on 127.0.0.1:5432 (user postgres, trust
 # auth; override with TEST_DATABASE_URL), Redis on 127.0.0.1:6379 (override with
-# TEST_REDIS_URL) and the redis-server binary, Rust, Node 20 with npm, and Chromium (Debian's
+# TEST_REDIS_URL) and the redis-server binary, Rust, Node 22 or newer with npm (.ci/run installs it
+# into .ci/node, which is used first when present), and Chromium (Debian's
 # `chromium` at /usr/bin/chromium; override with CHROMIUM_PATH). Fails if anything fails or is
 # skipped.
 set -euo pipefail
@@ -10,6 +11,11 @@ cd "$(dirname "$0")/.."
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+
+# The Node 22 that .ci/run installs from the npm registry, when it is there.
+if [ -x .ci/node/node_modules/.bin/node ]; then
+  export PATH="$PWD/.ci/node/node_modules/.bin:$PATH"
+fi
 
 # Every prerequisite first, in one message, rather than failing minutes in.
 export CHROMIUM_PATH="${CHROMIUM_PATH:-/usr/bin/chromium}"
@@ -29,9 +35,9 @@ if ! (exec 3<>"/dev/tcp/${redis_hostport%%:*}/${redis_hostport##*:}") 2>/dev/nul
   missing+=("Redis answering at $redis_url (set TEST_REDIS_URL for another)")
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  missing+=("Node.js 20 or newer with npm")
-elif [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
-  missing+=("Node.js 20 or newer (found $(node --version))")
+  missing+=("Node.js 22 or newer with npm (.ci/run installs it)")
+elif [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 22 ]; then
+  missing+=("Node.js 22 or newer (found $(node --version); .ci/run installs 22 into .ci/node)")
 fi
 if [ ! -x "$CHROMIUM_PATH" ]; then
   missing+=("Chromium at $CHROMIUM_PATH (apt-get install chromium, or set CHROMIUM_PATH)")

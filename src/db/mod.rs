@@ -5,12 +5,17 @@
 //! because a pooled connection is shared and may sit behind a transaction-pooling proxy.
 //!
 //! Also here: [`pginstance`], the private PostgreSQL of a zero-configuration start, and
-//! [`cleanup`], the loop that ends stale hold sessions and prunes the change log.
+//! [`cleanup`], the loop that ends stale hold sessions and prunes the change log; [`home`],
+//! pgrelay's own database under the built-in default URL, and [`demo`], the polls seeded
+//! there; [`uninstall`], removing pgrelay from a database.
 //!
 //! May use: `config` and `shutdown` only. Every other folder builds on this one.
 
 pub mod cleanup;
+pub mod demo;
+pub mod home;
 pub mod pginstance;
+pub mod uninstall;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

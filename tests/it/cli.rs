@@ -36,7 +36,7 @@ fn help_lists_commands_and_environment_variables() {
     let out = pgrelay(&["--help"], &[]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["serve", "migrate", "triggers", "DATABASE_URL"] {
+    for word in ["serve", "migrate", "triggers", "uninstall", "DATABASE_URL"] {
         assert!(text.contains(word), "{word} missing from --help:\n{text}");
     }
     let out = pgrelay(&["serve", "--help"], &[]);

@@ -50,6 +50,9 @@ fn demo_is_self_contained_and_speaks_the_app_names() {
         "api/v1/profiles",
         "\"poll_ms\"",
         "HOLD_MS = 3000",
+        // The empty state says how to get a poll to vote on.
+        r#"curl -X POST http://127.0.0.1:4000/api/v1/polls -H 'Content-Type: application/json' -d '{"question": "Tabs or spaces?", "options": ["Tabs", "Spaces"], "status": "active"}'"#,
+        "POST /api/v1/polls/{id}/open",
     ] {
         assert!(DEMO.contains(needle), "{needle} missing from the page");
     }

@@ -231,8 +231,46 @@ async fn zero_config_starts_a_private_postgres() {
         .expect("url=")
         .to_owned();
     assert!(url.starts_with("postgres://postgres@127.0.0.1:"), "{url}");
+    // Not the maintenance database: one of pgrelay's own, created and named in the log.
+    let own = relay.wait_line("own database", |l| {
+        l.contains("using pgrelay's own database")
+    });
+    assert!(own.contains("created=true"), "{own}");
+    let maintenance = url;
+    let url = own
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("url="))
+        .expect("url=")
+        .to_owned();
+    let server = maintenance
+        .strip_suffix("/postgres")
+        .expect("maintenance url");
+    assert_eq!(url, format!("{server}/pgrelay"), "{own}");
     let addr = listening_addr(&relay.wait_line("listening", |l| l.contains("pgrelay listening")));
     wait_ready(addr).await;
+    let schemas_in_maintenance: i64 = connect(&maintenance)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgrelay'",
+            &[],
+        )
+        .await
+        .expect("maintenance database")
+        .get(0);
+    assert_eq!(
+        schemas_in_maintenance, 0,
+        "pgrelay wrote into {maintenance}"
+    );
+
+    // The demo has active polls to vote on at once.
+    let (status, body) = http_get(addr, "/api/v1/polls?status=active").await;
+    assert_eq!(status, 200, "{body}");
+    let polls: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        polls["polls"].as_array().map(Vec::len),
+        Some(pgrelay::db::demo::DEMO_POLLS.len()),
+        "{body}"
+    );
 
     // It is a working relay on that database.
     let mut ws = Ws::connect(
@@ -318,11 +356,28 @@ async fn json_logs() {
     assert_eq!(reply["status"], "error");
     drop(ws);
 
+    // A database DATABASE_URL names is used as given and never seeded.
+    let polls: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM polls", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(polls, 0, "demo polls seeded into a DATABASE_URL database");
+
     let (status, lines) = tokio::task::spawn_blocking(move || relay.terminate())
         .await
         .expect("join");
     assert!(status.success(), "{status}");
     assert!(lines.len() > 3, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("using the database DATABASE_URL names")
+                && l.contains(&format!("/{}", db.name))),
+        "{lines:#?}"
+    );
     let mut in_socket_span = 0;
     let mut in_channel_span = 0;
     for line in &lines {

@@ -1,5 +1,5 @@
 // Helpers for the supabase-js end-to-end tests: a throw-away database + relay process per test
-// file, a supabase-js client configured for Node 20 (the `ws` transport), bounded waits, and
+// file, a supabase-js client configured for Node (the `ws` transport), bounded waits, and
 // field-by-field assertions on postgres_changes payloads.
 //
 // Nothing here modifies supabase-js: `transport` and `vsn` are documented client options.

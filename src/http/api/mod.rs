@@ -15,13 +15,14 @@
 //! - `request`: what is read from a request: who is asking ([`Caller`], from the token or the
 //!   development header), the body (bounded), the poll id in the path.
 //! - one file per resource, with its SQL and response types: `polls` (the list, one poll with
-//!   its results, boosting), `votes`, `holds` (the active holders), `stats` (the app totals),
-//!   `profiles`.
+//!   its results, boosting), `poll_admin` (creating, opening and closing polls), `votes`,
+//!   `holds` (the active holders), `stats` (the app totals), `profiles`.
 //!
 //! The resource files use `reply` and `request`, never each other or this file; only the
 //! route table uses them.
 
 mod holds;
+mod poll_admin;
 mod polls;
 mod profiles;
 mod reply;
@@ -29,6 +30,7 @@ mod request;
 mod stats;
 mod votes;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
@@ -40,6 +42,7 @@ use warp::{Filter, Rejection};
 use crate::auth::Verifier;
 
 pub use holds::{ActiveHolds, PollHolders};
+pub use poll_admin::{MAX_OPTIONS, MAX_OPTION_CHARS, MAX_QUESTION_CHARS};
 pub use polls::{
     Boost, OptionResult, Poll, PollList, PollWithResults, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT,
 };
@@ -50,6 +53,7 @@ pub use stats::Stats;
 pub use votes::Vote;
 
 use holds::active_holds;
+use poll_admin::{change_status, create_poll, Transition};
 use polls::{boost_poll, get_poll, list_polls};
 use profiles::create_profile;
 use reply::reply;
@@ -68,6 +72,7 @@ pub fn routes(
     let with_pool = warp::any().map(move || pool.clone());
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let caller = caller(auth);
+    let admin = admin_routes(with_pool.clone(), caller.clone());
 
     let list = warp::path!("api" / "v1" / "polls")
         .and(warp::get())
@@ -141,6 +146,8 @@ pub fn routes(
 
     list.or(one)
         .unify()
+        .or(admin)
+        .unify()
         .or(vote)
         .unify()
         .or(boost)
@@ -151,6 +158,59 @@ pub fn routes(
         .unify()
         .or(profiles)
         .unify()
+}
+
+/// `POST /api/v1/polls` (201), `POST /api/v1/polls/{id}/open` and `…/close` (200): each
+/// answers with the poll as `GET /api/v1/polls/{id}` shows it.
+fn admin_routes(
+    with_pool: impl Filter<Extract = (Pool,), Error = Infallible> + Clone + Send + Sync + 'static,
+    caller: impl Filter<Extract = (Result<Caller, ApiError>,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
+    let create = warp::path!("api" / "v1" / "polls")
+        .and(warp::post())
+        .and(caller.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(with_pool.clone())
+        .then(
+            |who: Result<Caller, ApiError>, headers: HeaderMap, body, pool: Pool| async move {
+                match create_poll(&pool, who, &headers, body).await {
+                    Ok(id) => the_poll(&pool, id, StatusCode::CREATED).await,
+                    Err(e) => e.into_response(),
+                }
+            },
+        );
+    let transition = warp::path!("api" / "v1" / "polls" / String / String)
+        .and(warp::post())
+        .and_then(|id: String, action: String| async move {
+            match action.as_str() {
+                "open" => Ok((id, Transition::Open)),
+                "close" => Ok((id, Transition::Close)),
+                _ => Err(warp::reject::not_found()),
+            }
+        })
+        .untuple_one()
+        .and(caller)
+        .and(with_pool)
+        .then(|id: String, transition, who, pool: Pool| async move {
+            match change_status(&pool, who, &id, transition).await {
+                Ok(id) => the_poll(&pool, id, StatusCode::OK).await,
+                Err(e) => e.into_response(),
+            }
+        });
+    create.or(transition).unify()
+}
+
+/// The poll as `GET /api/v1/polls/{id}` shows it, with `status`.
+async fn the_poll(pool: &Pool, id: i64, status: StatusCode) -> Response {
+    match get_poll(pool, &id.to_string()).await {
+        Ok(poll) => reply(&poll, status),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Run `work` for an identified caller and answer 200 with its JSON, or the error.

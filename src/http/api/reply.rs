@@ -58,6 +58,9 @@ pub enum ApiError {
     /// PV003.
     #[error("{0}")]
     NoSuchOption(String),
+    /// Opening or closing a poll whose status does not allow it (`poll_admin`).
+    #[error("{0}")]
+    InvalidTransition(String),
     /// PV005: no hold, or one shorter than `public.vote_hold_min_ms()`.
     #[error("{0}")]
     HoldTooShort(String),
@@ -87,6 +90,7 @@ impl ApiError {
             ApiError::AlreadyVoted(_) => "AlreadyVoted",
             ApiError::PollNotActive(_) => "PollNotActive",
             ApiError::NoSuchOption(_) => "NoSuchOption",
+            ApiError::InvalidTransition(_) => "InvalidTransition",
             ApiError::HoldTooShort(_) => "HoldTooShort",
             ApiError::Unavailable => "DatabaseUnavailable",
             ApiError::Internal => "InternalError",
@@ -103,7 +107,9 @@ impl ApiError {
             ApiError::UserRequired(_) | ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::UnknownUser(_) | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::PollNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::AlreadyVoted(_) | ApiError::ProfileExists(_) => StatusCode::CONFLICT,
+            ApiError::AlreadyVoted(_)
+            | ApiError::ProfileExists(_)
+            | ApiError::InvalidTransition(_) => StatusCode::CONFLICT,
             ApiError::PollNotActive(_) | ApiError::NoSuchOption(_) | ApiError::HoldTooShort(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -193,6 +199,11 @@ mod tests {
             (ApiError::HoldTooShort(String::new()), 422, "HoldTooShort"),
             (ApiError::PollNotActive(String::new()), 422, "PollNotActive"),
             (ApiError::NoSuchOption(String::new()), 422, "NoSuchOption"),
+            (
+                ApiError::InvalidTransition(String::new()),
+                409,
+                "InvalidTransition",
+            ),
             (ApiError::UnknownUser(String::new()), 403, "UnknownUser"),
             (ApiError::PayloadTooLarge, 413, "PayloadTooLarge"),
             (ApiError::Internal, 500, "InternalError"),
