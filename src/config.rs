@@ -319,6 +319,12 @@ pub struct Limits {
     )]
     pub max_presence_events_per_second: u32,
 
+    /// Presences one topic may hold, on all relays together. A track beyond it is refused
+    /// (`PresenceLimitReached`): every presence change goes to every member, so a topic's
+    /// presence traffic grows with the square of its members.
+    #[arg(long, env = "PGRELAY_MAX_PRESENCE_PER_TOPIC", default_value_t = 1000)]
+    pub max_presence_per_topic: usize,
+
     /// Joins one socket may send per second. Over it the join is refused with Supabase's
     /// `ClientJoinRateLimitReached: Too many joins per second` and the socket is closed, as
     /// Supabase does: a client rejoining in a loop is broken, and each join costs validation.
@@ -409,6 +415,7 @@ impl Default for Limits {
             max_broadcast_payload_bytes: 3_000_000,
             max_presence_payload_bytes: 10_000,
             max_presence_events_per_second: 10,
+            max_presence_per_topic: 1000,
             max_joins_per_second: 100,
             max_messages_per_second: 1000,
             heartbeat_timeout: Duration::from_secs(60),

@@ -34,6 +34,10 @@ use crate::route::policy::Policies;
 use crate::route::router::Router;
 use crate::shutdown::ShutdownController;
 
+/// Presence diffs of one topic less than this apart go out together: when many members join
+/// at once, each member gets one frame per window rather than one per join.
+const PRESENCE_BATCH_WINDOW: Duration = Duration::from_millis(50);
+
 /// How long shutdown waits for sockets to say goodbye and tasks to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -92,6 +96,7 @@ pub async fn run(
     let limits = Arc::new(config.limits.clone());
     let metrics = Arc::new(Metrics::default());
     let router = Arc::new(Router::new(metrics.clone()));
+    router.batch_presence_diffs(PRESENCE_BATCH_WINDOW);
     let catalog = Arc::new(Catalog::new(pool.clone()));
     let (started_tx, started) = watch::channel(false);
     let (listening_tx, listening) = watch::channel(false);

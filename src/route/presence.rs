@@ -50,7 +50,7 @@ pub struct RemoteMeta {
 pub type Metas = Vec<(String, Value)>;
 
 /// A change to a topic's presence, ready to send as `presence_diff`.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Diff {
     joins: Vec<(String, Value)>,
     leaves: Vec<(String, Value)>,
@@ -64,6 +64,14 @@ impl Diff {
     /// The joins and the leaves.
     pub fn into_parts(self) -> (Metas, Metas) {
         (self.joins, self.leaves)
+    }
+
+    /// Append a later diff: one `presence_diff` saying both. Clients apply joins before
+    /// leaves, and refs are never reused, so a presence that came and went inside the batch
+    /// ends up absent, as it should.
+    pub fn merge(&mut self, later: Diff) {
+        self.joins.extend(later.joins);
+        self.leaves.extend(later.leaves);
     }
 
     /// `{"joins":{key:{"metas":[…]}},"leaves":{…}}`
@@ -100,6 +108,11 @@ fn ref_of(meta: &Value) -> Option<&str> {
 impl TopicPresence {
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty() && self.remote.is_empty()
+    }
+
+    /// Presences held, on this relay and mirrored from others.
+    pub fn len(&self) -> usize {
+        self.by_key.values().map(Vec::len).sum::<usize>() + self.remote.len()
     }
 
     /// This relay's presences as `(key, meta)`, for another relay to mirror.

@@ -23,25 +23,29 @@ impl Router {
         leaves: Vec<(String, Value)>,
     ) {
         let mut cut = Vec::new();
+        let mut flushes = Vec::new();
         {
             let mut st = self.lock();
             let topic = st.topics.entry(key.clone()).or_default();
             let diff = topic.presence.apply_remote(node, joins, leaves);
             let empty = topic.members.is_empty() && topic.presence.is_empty();
             if !diff.is_empty() {
-                st.fan_out_diff(key, &diff, &self.metrics, &mut cut);
+                let window = self.batch_window();
+                st.emit_diff(key, &diff, &self.metrics, &mut cut, window, &mut flushes);
             }
             if empty {
                 st.topics.remove(key);
             }
         }
         self.cut_off_all(cut);
+        self.schedule_flushes(flushes);
     }
 
     /// Make relay `node`'s presences exactly `state` (its full state): what it no longer
     /// holds leaves, what is new joins. An empty `state` is how a dead relay's members leave.
     pub fn replace_remote_node(&self, node: &Arc<str>, mut state: NodePresences) {
         let mut cut = Vec::new();
+        let mut flushes = Vec::new();
         {
             let mut st = self.lock();
             // Every topic where the relay had presences or has them now.
@@ -58,7 +62,8 @@ impl Router {
                 let diff = topic.presence.replace_remote(node, entries);
                 let empty = topic.members.is_empty() && topic.presence.is_empty();
                 if !diff.is_empty() {
-                    st.fan_out_diff(&key, &diff, &self.metrics, &mut cut);
+                    let window = self.batch_window();
+                    st.emit_diff(&key, &diff, &self.metrics, &mut cut, window, &mut flushes);
                 }
                 if empty {
                     st.topics.remove(&key);
@@ -66,6 +71,7 @@ impl Router {
             }
         }
         self.cut_off_all(cut);
+        self.schedule_flushes(flushes);
     }
 
     /// This relay's own presences, by topic.

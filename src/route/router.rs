@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -50,7 +51,12 @@ pub struct Router {
     /// Where broadcasts and presence changes go to reach other relays (Redis); unset: this
     /// relay is the only one.
     outbox: OnceLock<Outbox>,
+    /// Presence diff batching: the router itself (to flush later) and the window.
+    batching: OnceLock<(std::sync::Weak<Router>, Duration)>,
 }
+
+/// Topics whose held-back presence diffs must go out after a delay.
+type Flushes = Vec<(TopicKey, Duration)>;
 
 impl Router {
     pub fn new(metrics: Arc<Metrics>) -> Self {
@@ -59,7 +65,73 @@ impl Router {
             next_socket: AtomicU64::new(0),
             metrics,
             outbox: OnceLock::new(),
+            batching: OnceLock::new(),
         }
+    }
+
+    /// Batch presence diffs: a topic's diffs within `window` of the previous one go out
+    /// together at the end of the window, one frame per member instead of one per change. A
+    /// lone change still goes out at once. Needs a tokio runtime from now on.
+    pub fn batch_presence_diffs(self: &Arc<Self>, window: Duration) {
+        let _ = self.batching.set((Arc::downgrade(self), window));
+    }
+
+    pub(super) fn batch_window(&self) -> Option<Duration> {
+        self.batching.get().map(|(_, w)| *w)
+    }
+
+    /// Send held-back diffs when their window ends.
+    pub(super) fn schedule_flushes(&self, flushes: Flushes) {
+        let Some((router, _)) = self.batching.get() else {
+            return;
+        };
+        for (key, wait) in flushes {
+            let router = router.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if let Some(router) = router.upgrade() {
+                    router.flush_presence(&key);
+                }
+            });
+        }
+    }
+
+    fn flush_presence(&self, key: &TopicKey) {
+        let mut cut = Vec::new();
+        {
+            let mut st = self.lock();
+            let Some(topic) = st.topics.get_mut(key) else {
+                return;
+            };
+            let Some(diff) = topic.pending_diff.take() else {
+                return;
+            };
+            topic.last_diff = Some(Instant::now());
+            st.fan_out_diff(key, &diff, &self.metrics, &mut cut);
+        }
+        self.cut_off_all(cut);
+    }
+
+    /// Whether `socket` may track on `key` without the topic going over `max` presences.
+    ///
+    /// # Errors
+    /// The refusal's text (`PresenceLimitReached`).
+    pub fn presence_room(
+        &self,
+        socket: SocketId,
+        key: &TopicKey,
+        max: usize,
+    ) -> Result<(), String> {
+        let st = self.lock();
+        let Some(topic) = st.topics.get(key) else {
+            return Ok(());
+        };
+        if topic.presence.len() >= max && topic.presence.key_of(socket).is_none() {
+            return Err(format!(
+                "PresenceLimitReached: Too many presences in this channel (maximum {max})"
+            ));
+        }
+        Ok(())
     }
 
     /// Hand broadcasts and presence changes to other relays from now on.
@@ -129,6 +201,7 @@ impl Router {
     /// Remove a channel from its topic; its presence, if any, leaves (and others are told).
     pub fn leave_topic(&self, socket: SocketId, key: &TopicKey) {
         let mut cut = Vec::new();
+        let mut flushes = Flushes::new();
         {
             let mut st = self.lock();
             if let Some(entry) = st.sockets.get_mut(&socket) {
@@ -141,7 +214,14 @@ impl Router {
             let diff = topic.presence.untrack(socket);
             let empty = topic.members.is_empty() && topic.presence.is_empty();
             if let Some(diff) = diff {
-                st.fan_out_diff(key, &diff, &self.metrics, &mut cut);
+                st.emit_diff(
+                    key,
+                    &diff,
+                    &self.metrics,
+                    &mut cut,
+                    self.batch_window(),
+                    &mut flushes,
+                );
                 self.export(key, diff);
             }
             if empty {
@@ -149,6 +229,7 @@ impl Router {
             }
         }
         self.cut_off_all(cut);
+        self.schedule_flushes(flushes);
     }
 
     /// Track a presence for a channel and tell the topic's presence members.
@@ -160,6 +241,7 @@ impl Router {
         payload: serde_json::Map<String, serde_json::Value>,
     ) {
         let mut cut = Vec::new();
+        let mut flushes = Flushes::new();
         {
             let mut st = self.lock();
             let Some(topic) = st.topics.get_mut(key) else {
@@ -170,27 +252,44 @@ impl Router {
                 m.presence = true;
             }
             if let Some(diff) = topic.presence.track(socket, presence_key, payload) {
-                st.fan_out_diff(key, &diff, &self.metrics, &mut cut);
+                st.emit_diff(
+                    key,
+                    &diff,
+                    &self.metrics,
+                    &mut cut,
+                    self.batch_window(),
+                    &mut flushes,
+                );
                 self.export(key, diff);
             }
         }
         self.cut_off_all(cut);
+        self.schedule_flushes(flushes);
     }
 
     /// Untrack a channel's presence.
     pub fn untrack(&self, socket: SocketId, key: &TopicKey) {
         let mut cut = Vec::new();
+        let mut flushes = Flushes::new();
         {
             let mut st = self.lock();
             let Some(topic) = st.topics.get_mut(key) else {
                 return;
             };
             if let Some(diff) = topic.presence.untrack(socket) {
-                st.fan_out_diff(key, &diff, &self.metrics, &mut cut);
+                st.emit_diff(
+                    key,
+                    &diff,
+                    &self.metrics,
+                    &mut cut,
+                    self.batch_window(),
+                    &mut flushes,
+                );
                 self.export(key, diff);
             }
         }
         self.cut_off_all(cut);
+        self.schedule_flushes(flushes);
     }
 
     /// A client's broadcast: to this relay's members, and to the other relays' when several
@@ -403,6 +502,40 @@ impl Router {
 }
 
 impl State {
+    /// Send a presence diff, or hold it back when the topic sent one less than `window` ago
+    /// (then `flushes` says when to send what was held).
+    pub(super) fn emit_diff(
+        &mut self,
+        key: &TopicKey,
+        diff: &crate::route::presence::Diff,
+        metrics: &Metrics,
+        cut: &mut Vec<Arc<SocketShared>>,
+        window: Option<Duration>,
+        flushes: &mut Flushes,
+    ) {
+        let Some(window) = window else {
+            return self.fan_out_diff(key, diff, metrics, cut);
+        };
+        let Some(topic) = self.topics.get_mut(key) else {
+            return;
+        };
+        if let Some(pending) = &mut topic.pending_diff {
+            pending.merge(diff.clone());
+            return;
+        }
+        let now = Instant::now();
+        match topic.last_diff {
+            Some(last) if now.duration_since(last) < window => {
+                topic.pending_diff = Some(diff.clone());
+                flushes.push((key.clone(), window - now.duration_since(last)));
+            }
+            _ => {
+                topic.last_diff = Some(now);
+                self.fan_out_diff(key, diff, metrics, cut);
+            }
+        }
+    }
+
     /// Queue a presence diff to every presence member of a topic.
     pub(super) fn fan_out_diff(
         &self,

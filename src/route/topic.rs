@@ -33,6 +33,9 @@ pub struct Member {
 pub(super) struct Topic {
     pub(super) members: HashMap<SocketId, Member>,
     pub(super) presence: TopicPresence,
+    /// When the last presence diff went out, and the diffs held back since (batching).
+    pub(super) last_diff: Option<std::time::Instant>,
+    pub(super) pending_diff: Option<crate::route::presence::Diff>,
 }
 
 /// A broadcast to fan out.

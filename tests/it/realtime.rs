@@ -162,6 +162,102 @@ async fn presence_errors_and_limits() {
     relay.stop().await;
 }
 
+/// A topic holds at most `PGRELAY_MAX_PRESENCE_PER_TOPIC` presences: one more track is
+/// refused with `PresenceLimitReached`, re-tracking an existing presence is not, and a leave
+/// makes room.
+#[tokio::test]
+async fn presences_per_topic_are_bounded() {
+    let relay = start_relay_with(|c| c.limits.max_presence_per_topic = 3).await;
+    let topic = "realtime:crowd";
+    let mut sockets = Vec::new();
+    for i in 0..4 {
+        let mut ws = relay.ws("1.0.0").await;
+        let (jr, _) = ws.join_with(topic, presence_config(&format!("u{i}"))).await;
+        ws.recv_event("presence_state").await;
+        sockets.push((ws, jr));
+    }
+    for (i, (ws, jr)) in sockets.iter_mut().take(3).enumerate() {
+        let r = track(ws, jr, topic, json!({"i": i})).await;
+        assert_eq!(r.payload["status"], "ok", "{r:?}");
+    }
+    let (ws, jr) = &mut sockets[3];
+    let r = track(ws, jr, topic, json!({"i": 3})).await;
+    assert_eq!(
+        r.payload,
+        json!({"status":"error","response":{"reason":"PresenceLimitReached: Too many presences in this channel (maximum 3)"}})
+    );
+    // A member already tracked may change its meta at the limit.
+    let (ws, jr) = &mut sockets[0];
+    let r = track(ws, jr, topic, json!({"i": 0, "again": true})).await;
+    assert_eq!(r.payload["status"], "ok", "{r:?}");
+    // One leaves: room for the fourth.
+    let (ws, jr) = &mut sockets[1];
+    let r = ws.next_ref();
+    ws.push(Some(jr.as_str()), &r, topic, "phx_leave", json!({}))
+        .await;
+    ws.recv_event("phx_reply").await;
+    let (ws, jr) = &mut sockets[3];
+    let mut tracked = false;
+    for _ in 0..50 {
+        let r = track(ws, jr, topic, json!({"i": 3})).await;
+        if r.payload["status"] == "ok" {
+            tracked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(tracked, "the fourth tracks once a member left");
+    relay.stop().await;
+}
+
+/// Many members tracking at once: a watcher gets their joins in a few `presence_diff` frames
+/// (one per batching window), not one frame per join, and every join is in them.
+#[tokio::test]
+async fn a_burst_of_tracks_reaches_members_in_batched_diffs() {
+    let relay = start_relay().await;
+    let topic = "realtime:burst";
+    let mut watcher = relay.ws("1.0.0").await;
+    watcher.join_with(topic, presence_config("watcher")).await;
+    watcher.recv_event("presence_state").await;
+    const N: usize = 30;
+    let mut members = Vec::new();
+    for i in 0..N {
+        let mut ws = relay.ws("1.0.0").await;
+        let (jr, _) = ws.join_with(topic, presence_config(&format!("m{i}"))).await;
+        ws.recv_event("presence_state").await;
+        members.push((ws, jr));
+    }
+    // All tracks go out before any reply is read.
+    for (i, (ws, jr)) in members.iter_mut().enumerate() {
+        let r = ws.next_ref();
+        ws.push(
+            Some(jr.as_str()),
+            &r,
+            topic,
+            "presence",
+            json!({"type":"presence","event":"track","payload":{"i": i}}),
+        )
+        .await;
+    }
+    let mut joined = std::collections::BTreeSet::new();
+    let mut frames = 0;
+    while joined.len() < N {
+        let d = diff(&mut watcher).await;
+        frames += 1;
+        for (key, v) in d["joins"].as_object().unwrap() {
+            assert_eq!(v["metas"].as_array().unwrap().len(), 1, "{d}");
+            joined.insert(key.clone());
+        }
+        assert_eq!(d["leaves"], json!({}));
+    }
+    assert_eq!(joined.len(), N);
+    assert!(
+        frames < N / 2,
+        "{frames} presence_diff frames for {N} joins: not batched"
+    );
+    relay.stop().await;
+}
+
 fn broadcast_config(self_: bool, ack: bool, private: bool) -> Value {
     json!({"config":{"broadcast":{"ack":ack,"self":self_},
         "presence":{"key":"","enabled":false},"postgres_changes":[],"private":private}})

@@ -64,6 +64,9 @@ where
                     ChannelAction::Track,
                 )?;
                 let (key, presence_key) = (joined.key.clone(), joined.presence_key.clone());
+                self.ctx
+                    .router
+                    .presence_room(self.id, &key, limits.max_presence_per_topic)?;
                 if let Some(holds) = self.holds_for(topic) {
                     // On the hold channel a track with a user starts a relay-run hold; the
                     // presence shows only once the row exists.
