@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod guards;
+pub use guards::Guards;
+
 /// The default database: a local PostgreSQL with the stock superuser, so that a developer can
 /// start the relay without configuring anything.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -343,6 +346,9 @@ pub struct Limits {
     /// again.
     #[arg(long, env = "PGRELAY_TAIL_ABOVE", default_value_t = 200)]
     pub tail_above: u32,
+
+    #[command(flatten)]
+    pub guards: Guards,
 }
 
 /// How committed changes reach the relay. The change log is always the source of every
@@ -400,6 +406,7 @@ impl Default for Limits {
             ingest: IngestMode::Adaptive,
             tail_interval: Duration::from_millis(5),
             tail_above: 200,
+            guards: Guards::default(),
         }
     }
 }

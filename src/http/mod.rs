@@ -19,3 +19,4 @@ mod relay;
 mod routes;
 pub mod server;
 pub mod sse;
+mod throttle;

@@ -43,6 +43,8 @@ pub(crate) struct Relay {
     /// Token verification; `None`: auth off.
     pub(crate) auth: Option<Arc<Verifier>>,
     pub(crate) policies: Arc<Policies>,
+    /// REST broadcast messages per caller per second.
+    pub(crate) broadcasts: crate::http::throttle::Throttle,
     /// Live aggregate topics, once the database is set up.
     pub(crate) live: std::sync::OnceLock<Arc<LiveQueries>>,
     /// Relay-run holds and their topic, once the database is set up.

@@ -18,6 +18,7 @@ use crate::http::origin;
 use crate::http::query::parse_query;
 use crate::http::relay::{json_error, Relay};
 use crate::http::sse;
+use crate::http::throttle;
 use crate::metrics::Gauges;
 use crate::realtime::channel;
 use crate::realtime::ws;
@@ -125,6 +126,7 @@ pub(crate) fn routes(
         .and(raw_query)
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::body::bytes())
+        .and(throttle::client_ip())
         .and(with_relay.clone())
         .map(rest_broadcast_batch);
     let broadcast_one =
@@ -135,6 +137,7 @@ pub(crate) fn routes(
             .and(warp::header::optional::<String>("authorization"))
             .and(warp::body::content_length_limit(max_body))
             .and(warp::body::bytes())
+            .and(throttle::client_ip())
             .and(with_relay.clone())
             .map(rest_broadcast_one);
     let guard = origin::guard(relay.origins.clone());

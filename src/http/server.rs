@@ -22,6 +22,7 @@ use crate::db::{self, DbError};
 use crate::http::origin::Origins;
 use crate::http::relay::Relay;
 use crate::http::routes::routes;
+use crate::http::throttle::Throttle;
 use crate::ingest::change::Catalog;
 use crate::ingest::listener::{self, ListenerConfig};
 use crate::ingest::tail::{Reader, ReaderConfig};
@@ -117,6 +118,7 @@ pub async fn run(
         live: std::sync::OnceLock::new(),
         auth,
         policies: policies.clone(),
+        broadcasts: Throttle::new(Duration::from_secs(1)),
     });
     let addr = listener.local_addr().ok();
     info!(addr = %addr.map_or_else(|| "?".into(), |a: SocketAddr| a.to_string()), "pgrelay listening");

@@ -1,0 +1,191 @@
+//! What one hostile client can make the relay do to everybody else: floods over the REST
+//! broadcast, half-sent WebSocket frames, idle HTTP connections, boost loops. Each test runs
+//! the real relay and checks that the flood is refused or shed while healthy clients go on.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn broadcast_join() -> Value {
+    json!({"config":{"broadcast":{"ack":false,"self":false},
+        "presence":{"key":"","enabled":false},"postgres_changes":[],"private":false}})
+}
+
+fn batch(topic: &str, n: usize) -> Vec<u8> {
+    let messages: Vec<Value> = (0..n)
+        .map(|i| json!({"topic": topic, "event": "flood", "payload": {"i": i, "pad": "x".repeat(40)}}))
+        .collect();
+    json!({ "messages": messages }).to_string().into_bytes()
+}
+
+/// Read until a broadcast with event `marker` arrives; panics on a close or a cut-off notice.
+async fn until_marker(ws: &mut Ws, marker: &str) -> usize {
+    let mut seen = 0;
+    loop {
+        let f = ws.recv().await;
+        assert_ne!(
+            f.event, "system",
+            "subscriber was told it is cut off: {f:?}"
+        );
+        if f.payload["event"] == marker {
+            return seen;
+        }
+        seen += 1;
+    }
+}
+
+/// The issue's repro: one anonymous request with 5,000 messages used to cut off every
+/// subscriber of the topic with 1008. Now the batch is refused whole (429, Supabase's text),
+/// nothing reaches the subscribers, and a caller over its per-second budget is refused too.
+#[tokio::test]
+async fn a_rest_broadcast_flood_is_refused_and_subscribers_stay() {
+    let relay = start_relay().await;
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        let mut ws = relay.ws("2.0.0").await;
+        ws.join_with("realtime:room", broadcast_join()).await;
+        subs.push(ws);
+    }
+    let (status, body) = http_post(
+        relay.addr,
+        "/realtime/v1/api/broadcast",
+        "application/json",
+        &batch("room", 5_000),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body.contains("Too many messages to broadcast, please reduce the batch size"),
+        "{body}"
+    );
+    // The caller's budget: 100 a second. Two batches of 50 pass, the third does not fit.
+    for _ in 0..2 {
+        let (status, body) = http_post(
+            relay.addr,
+            "/realtime/v1/api/broadcast",
+            "application/json",
+            &batch("room", 50),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let (status, body) = http_post(
+        relay.addr,
+        "/realtime/v1/api/broadcast",
+        "application/json",
+        &batch("room", 50),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    // Single sends count against the same budget: of 50 sent at once, most are refused.
+    let singles = (0..50).map(|_| {
+        http_post(
+            relay.addr,
+            "/realtime/v1/api/broadcast/room/events/one",
+            "application/json",
+            b"{}",
+        )
+    });
+    let mut accepted = 0;
+    for (status, body) in futures_util::future::join_all(singles).await {
+        match status {
+            202 => accepted += 1,
+            429 => assert!(body.contains("You have exceeded your rate limit"), "{body}"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(
+        accepted < 40,
+        "{accepted} of 50 single sends accepted right after 100"
+    );
+    // Every subscriber got exactly the 100 accepted messages, then the marker.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = http_post(
+        relay.addr,
+        "/realtime/v1/api/broadcast",
+        "application/json",
+        br#"{"messages":[{"topic":"room","event":"marker","payload":{}}]}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    for ws in &mut subs {
+        let seen = until_marker(ws, "marker").await;
+        assert_eq!(seen, 100 + accepted, "messages before the marker");
+    }
+    let (_, metrics) = http_get(relay.addr, "/metrics").await;
+    assert_eq!(metric(&metrics, "pgrelay_cutoffs_total"), 0.0);
+    assert!(metric(&metrics, "pgrelay_broadcasts_refused_total") >= 5_050.0);
+    relay.stop().await;
+}
+
+/// With the limits raised, a batch far larger than a subscriber's queue is shed per
+/// subscriber (counted) instead of cutting anyone off; a socket joined to the topic only for
+/// row changes keeps getting them.
+#[tokio::test]
+async fn a_flood_within_the_limits_is_shed_not_cut_off() {
+    let relay = start_relay_with(|c| {
+        c.limits.guards.max_broadcast_batch = 10_000;
+        c.limits.guards.max_broadcasts_per_second = 100_000;
+        c.limits.socket_queue = 64;
+    })
+    .await;
+    let db = relay.db().await;
+    let mut rows = relay.ws("2.0.0").await;
+    rows.subscribe(
+        "realtime:room",
+        json!([{"event":"INSERT","schema":"public","table":"profiles"}]),
+    )
+    .await;
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        let mut ws = relay.ws("2.0.0").await;
+        ws.join_with("realtime:room", broadcast_join()).await;
+        subs.push(ws);
+    }
+    let (status, body) = http_post(
+        relay.addr,
+        "/realtime/v1/api/broadcast",
+        "application/json",
+        &batch("room", 5_000),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let (_, metrics) = http_get(relay.addr, "/metrics").await;
+    assert_eq!(metric(&metrics, "pgrelay_cutoffs_total"), 0.0, "{metrics}");
+    assert!(metric(&metrics, "pgrelay_broadcasts_shed_total") > 0.0);
+    // Each subscriber drains what it was given, then gets what follows.
+    for ws in &mut subs {
+        let _ = ws.try_recv(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = http_post(
+        relay.addr,
+        "/realtime/v1/api/broadcast",
+        "application/json",
+        br#"{"messages":[{"topic":"room","event":"marker","payload":{}}]}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    for ws in &mut subs {
+        let seen = until_marker(ws, "marker").await;
+        assert!(seen < 64, "{seen} frames queued for a 64-frame queue");
+    }
+    db.execute(
+        "INSERT INTO profiles (username) VALUES ('after-flood')",
+        &[],
+    )
+    .await
+    .unwrap();
+    // It is a member of the topic, so it got its share of the flood first.
+    let f = loop {
+        let f = rows.recv().await;
+        if f.event != "broadcast" {
+            break f;
+        }
+    };
+    assert_eq!(f.event, "postgres_changes", "{f:?}");
+    assert_eq!(f.payload["data"]["record"]["username"], "after-flood");
+    relay.stop().await;
+}
