@@ -275,9 +275,10 @@ pub struct Limits {
     pub socket_queue_bytes: usize,
 
     /// Largest WebSocket message accepted from a client, in bytes; a larger one closes the
-    /// socket (1009). Above the payload limits below, so an oversized broadcast or presence
-    /// payload gets an error reply and the socket lives on.
-    #[arg(long, env = "PGRELAY_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    /// socket (1009). The default is the largest broadcast payload plus 64 KiB for the
+    /// envelope, so an oversized broadcast or presence payload gets an error reply and the
+    /// socket lives on, and nothing larger is ever buffered (Supabase's frame limit: 5 MB).
+    #[arg(long, env = "PGRELAY_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
     /// Largest broadcast payload (Supabase's tenant default: 3,000 KB).
@@ -351,6 +352,9 @@ pub struct Limits {
     pub guards: Guards,
 }
 
+/// The default `max_message_bytes`: the default broadcast payload limit and its envelope.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 3_000_000 + 64 * 1024;
+
 /// How committed changes reach the relay. The change log is always the source of every
 /// change; the modes differ only in what tells the relay to read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,7 +398,7 @@ impl Default for Limits {
             max_bindings_per_channel: 100,
             socket_queue: 1024,
             socket_queue_bytes: 16 * 1024 * 1024,
-            max_message_bytes: 8 * 1024 * 1024,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_broadcast_payload_bytes: 3_000_000,
             max_presence_payload_bytes: 10_000,
             max_presence_events_per_second: 10,

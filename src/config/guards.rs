@@ -1,7 +1,11 @@
-//! Settings that bound what one caller can make the relay do over HTTP: the REST
-//! broadcast's batch size and rate. Flattened into [`super::Limits`] as `limits.guards`.
+//! Settings that bound what one caller can make the relay do over HTTP and in a WebSocket
+//! frame: the REST broadcast's batch size and rate, how long a message may take to arrive. Flattened into [`super::Limits`] as `limits.guards`.
+
+use std::time::Duration;
 
 use clap::Args;
+
+use super::parse_period;
 
 /// Per-caller rates and per-connection deadlines.
 #[derive(Debug, Clone, Args)]
@@ -16,6 +20,12 @@ pub struct Guards {
     /// (`You have exceeded your rate limit`), so a flood never reaches subscriber queues.
     #[arg(long, env = "PGRELAY_MAX_BROADCASTS_PER_SECOND", default_value_t = 100)]
     pub max_broadcasts_per_second: u32,
+
+    /// A WebSocket message whose first byte arrived this long ago and that is still not
+    /// complete closes the socket (1008, `message not completed within …`): a client cannot
+    /// hold a half-sent message, and the buffer reserved for it, for longer.
+    #[arg(long, env = "PGRELAY_FRAME_TIMEOUT", default_value = "5s", value_parser = parse_period)]
+    pub frame_timeout: Duration,
 }
 
 impl Default for Guards {
@@ -23,6 +33,7 @@ impl Default for Guards {
         Guards {
             max_broadcast_batch: 100,
             max_broadcasts_per_second: 100,
+            frame_timeout: Duration::from_secs(5),
         }
     }
 }

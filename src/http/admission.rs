@@ -67,7 +67,8 @@ pub(crate) fn upgrade(
         shutdown: relay.shutdown.clone(),
     };
     let tracker = relay.tracker.clone();
-    handshake.on_upgrade(ws::config(max), move |websocket| {
+    let frame_timeout = relay.limits.guards.frame_timeout;
+    handshake.on_upgrade(ws::config(max), frame_timeout, move |websocket| {
         // A combinator rather than an `async` block: the block would keep its captured
         // WebSocket and context beside the running socket's own, for the socket's lifetime.
         futures_util::FutureExt::map(socket::run(websocket, vsn, ctx), move |()| {

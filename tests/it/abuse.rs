@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
 
@@ -187,5 +188,77 @@ async fn a_flood_within_the_limits_is_shed_not_cut_off() {
     };
     assert_eq!(f.event, "postgres_changes", "{f:?}");
     assert_eq!(f.payload["data"]["record"]["username"], "after-flood");
+    relay.stop().await;
+}
+
+/// Write bytes on the socket's TCP stream as they are, below the WebSocket layer.
+async fn write_raw(ws: &mut Ws, bytes: &[u8]) -> bool {
+    use tokio::io::AsyncWriteExt;
+    match ws.stream.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => {
+            tcp.write_all(bytes).await.is_ok() && tcp.flush().await.is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// A client announces a 2 MB frame (under the message limit) and trickles it a few bytes at
+/// a time. It used to keep the buffer until the 60 s heartbeat timeout; now it is closed with
+/// 1008 once the frame timeout passes, while a healthy socket keeps receiving.
+#[tokio::test]
+async fn a_trickled_frame_is_closed_at_the_frame_timeout() {
+    let relay = start_relay_with(|c| c.limits.guards.frame_timeout = Duration::from_secs(1)).await;
+    let db = relay.db().await;
+    let mut healthy = relay.ws("2.0.0").await;
+    healthy
+        .subscribe(
+            "realtime:rows",
+            json!([{"event":"INSERT","schema":"public","table":"profiles"}]),
+        )
+        .await;
+    let mut slow = relay.ws("2.0.0").await;
+    let mut head = vec![0x81, 0x80 | 127];
+    head.extend_from_slice(&2_000_000u64.to_be_bytes());
+    head.extend_from_slice(&[0, 0, 0, 0]);
+    head.extend_from_slice(b"[null,\"1\",\"phoenix\",\"heartbeat\",\"");
+    assert!(write_raw(&mut slow, &head).await);
+    let started = std::time::Instant::now();
+    let trickle = async {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Past the timeout the relay closes: stop once a write fails or after 1.5 s.
+            if !write_raw(&mut slow, b"yyyy").await
+                || started.elapsed() > Duration::from_millis(1500)
+            {
+                break;
+            }
+        }
+    };
+    // Meanwhile the healthy socket gets a change.
+    let (_, f) = tokio::join!(trickle, async {
+        db.execute("INSERT INTO profiles (username) VALUES ('healthy')", &[])
+            .await
+            .unwrap();
+        healthy.recv_event("postgres_changes").await
+    });
+    assert_eq!(f.payload["data"]["record"]["username"], "healthy");
+    let close = loop {
+        match slow.next_raw(Duration::from_secs(5)).await {
+            Some(Message::Close(frame)) => break frame,
+            Some(_) => continue,
+            None => panic!("no close frame"),
+        }
+    };
+    let elapsed = started.elapsed();
+    let frame = close.expect("a close frame with a reason");
+    assert_eq!(u16::from(frame.code), 1008);
+    assert_eq!(frame.reason.as_str(), "message not completed within 1s");
+    assert!(elapsed < Duration::from_secs(4), "closed after {elapsed:?}");
+    // The healthy socket is still served.
+    db.execute("INSERT INTO profiles (username) VALUES ('after')", &[])
+        .await
+        .unwrap();
+    let f = healthy.recv_event("postgres_changes").await;
+    assert_eq!(f.payload["data"]["record"]["username"], "after");
     relay.stop().await;
 }
