@@ -253,7 +253,9 @@ pub fn parse_timeout(s: &str) -> Result<Timeout, String> {
 /// client could otherwise grow without end.
 #[derive(Debug, Clone, Args)]
 pub struct Limits {
-    /// Concurrent WebSocket connections; the next upgrade is refused with 429.
+    /// Open client connections of every kind (WebSocket, server-sent events, plain HTTP kept
+    /// alive), counted from accept to close; one over it is answered at once (`/health`
+    /// still `ok`, anything else 429 `Too many connected users`) and closed.
     #[arg(long, env = "PGRELAY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 

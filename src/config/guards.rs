@@ -1,5 +1,6 @@
 //! Settings that bound what one caller can make the relay do over HTTP and in a WebSocket
-//! frame: the REST broadcast's batch size and rate, how long a message may take to arrive. Flattened into [`super::Limits`] as `limits.guards`.
+//! frame: the REST broadcast's batch size and rate, how long a message or a request head may
+//! take to arrive. Flattened into [`super::Limits`] as `limits.guards`.
 
 use std::time::Duration;
 
@@ -26,6 +27,11 @@ pub struct Guards {
     /// hold a half-sent message, and the buffer reserved for it, for longer.
     #[arg(long, env = "PGRELAY_FRAME_TIMEOUT", default_value = "5s", value_parser = parse_period)]
     pub frame_timeout: Duration,
+
+    /// An HTTP connection waiting for a request (a new one, or one kept alive after a
+    /// response) must send the request's complete head within this, else it is closed.
+    #[arg(long, env = "PGRELAY_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_period)]
+    pub http_header_timeout: Duration,
 }
 
 impl Default for Guards {
@@ -34,6 +40,7 @@ impl Default for Guards {
             max_broadcast_batch: 100,
             max_broadcasts_per_second: 100,
             frame_timeout: Duration::from_secs(5),
+            http_header_timeout: Duration::from_secs(10),
         }
     }
 }

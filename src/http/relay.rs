@@ -28,8 +28,9 @@ pub(crate) struct Relay {
     pub(crate) origins: Arc<crate::http::origin::Origins>,
     /// `PGRELAY_METRICS_TOKEN`: what `/metrics` requires as a bearer token.
     pub(crate) metrics_token: Option<String>,
-    /// One permit per WebSocket connection, taken before the upgrade and moved into the
-    /// socket task: the relay refuses connections instead of running out of memory.
+    /// One permit per client connection (`PGRELAY_MAX_CONNECTIONS`), taken at accept and
+    /// held while it is open; an upgrade moves it into the socket task. The relay refuses
+    /// connections instead of running out of memory or files.
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) shutdown: Shutdown,
     pub(crate) tracker: Tracker,

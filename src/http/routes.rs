@@ -14,6 +14,7 @@ use warp::{Filter, Reply};
 use crate::db;
 use crate::http::admission::upgrade;
 use crate::http::broadcast::{rest_broadcast_batch, rest_broadcast_one};
+use crate::http::listen::ConnPermit;
 use crate::http::origin;
 use crate::http::query::parse_query;
 use crate::http::relay::{json_error, Relay};
@@ -39,6 +40,7 @@ pub(crate) fn routes(
     let websocket = ws_path
         .and(ws::handshake())
         .and(raw_query)
+        .and(warp::ext::optional::<ConnPermit>())
         .and(with_relay.clone())
         .map(upgrade);
     let health = warp::path!("health").map(|| "ok");

@@ -262,3 +262,92 @@ async fn a_trickled_frame_is_closed_at_the_frame_timeout() {
     assert_eq!(f.payload["data"]["record"]["username"], "after");
     relay.stop().await;
 }
+
+/// Read from a raw connection until the relay closes it; the time it took.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(started + within),
+            s.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Idle connections used to be held for ever and were not counted: 1,100 of them made
+/// `/health` and WebSocket connects time out. Now every connection counts against
+/// `PGRELAY_MAX_CONNECTIONS`, one over it is answered at once (429, `/health` still `ok`),
+/// and a connection that sends no request head is closed after the header timeout, as is a
+/// keep-alive connection left idle after its response.
+#[tokio::test]
+async fn idle_connections_are_counted_refused_and_timed_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = start_relay_with(|c| {
+        c.limits.max_connections = 10;
+        c.limits.guards.http_header_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // The readiness probe's connection may still be closing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(tokio::net::TcpStream::connect(relay.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let (status, body) = http_get(relay.addr, "/api/v1/stats").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("Too many connected users"), "{body}");
+    assert_eq!(
+        http_get(relay.addr, "/health").await,
+        (200, "ok".to_owned())
+    );
+    let refused = tokio_tungstenite::connect_async(relay.url("2.0.0")).await;
+    assert!(refused.is_err(), "a WebSocket over the limit was accepted");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "refusals took {:?}",
+        started.elapsed()
+    );
+    // The idle ones never sent a request: closed after the header timeout.
+    for s in &mut idle {
+        let took = closed_within(s, Duration::from_secs(5)).await;
+        assert!(took.is_some(), "an idle connection was not closed");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    // Their places are free again: sockets count too.
+    let mut sockets = Vec::new();
+    for _ in 0..10 {
+        sockets.push(relay.ws("2.0.0").await);
+    }
+    let (status, _) = http_get(relay.addr, "/api/v1/stats").await;
+    assert_eq!(status, 429, "a request got in beside 10 sockets");
+    assert_eq!(http_get(relay.addr, "/health").await.0, 200);
+    drop(sockets);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Keep-alive: one request answered, then the idle connection is closed by the relay.
+    let mut s = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let took = closed_within(&mut s, Duration::from_secs(5))
+        .await
+        .expect("an idle keep-alive connection was not closed");
+    assert!(took >= Duration::from_millis(800), "closed after {took:?}");
+    relay.stop().await;
+}
