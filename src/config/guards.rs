@@ -1,5 +1,5 @@
 //! Settings that bound what one caller can make the relay do over HTTP and in a WebSocket
-//! frame: the REST broadcast's batch size and rate, how long a message or a request head may
+//! frame: the REST broadcast's batch size and rate, the boost rate, how long a message or a request head may
 //! take to arrive. Flattened into [`super::Limits`] as `limits.guards`.
 
 use std::time::Duration;
@@ -22,6 +22,20 @@ pub struct Guards {
     #[arg(long, env = "PGRELAY_MAX_BROADCASTS_PER_SECOND", default_value_t = 100)]
     pub max_broadcasts_per_second: u32,
 
+    /// Boosts one user (a token's `sub`, or `X-User-Id` with auth off) may make per minute;
+    /// over it `POST /api/v1/polls/{id}/boost` is 429 `BoostRateLimitReached`.
+    #[arg(long, env = "PGRELAY_MAX_BOOSTS_PER_MINUTE", default_value_t = 10)]
+    pub max_boosts_per_minute: u32,
+
+    /// Boosts one client IP may make per minute, whoever it says it is (several users
+    /// behind one NAT share it).
+    #[arg(
+        long,
+        env = "PGRELAY_MAX_BOOSTS_PER_IP_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub max_boosts_per_ip_per_minute: u32,
+
     /// A WebSocket message whose first byte arrived this long ago and that is still not
     /// complete closes the socket (1008, `message not completed within …`): a client cannot
     /// hold a half-sent message, and the buffer reserved for it, for longer.
@@ -39,6 +53,8 @@ impl Default for Guards {
         Guards {
             max_broadcast_batch: 100,
             max_broadcasts_per_second: 100,
+            max_boosts_per_minute: 10,
+            max_boosts_per_ip_per_minute: 60,
             frame_timeout: Duration::from_secs(5),
             http_header_timeout: Duration::from_secs(10),
         }

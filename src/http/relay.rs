@@ -46,6 +46,8 @@ pub(crate) struct Relay {
     pub(crate) policies: Arc<Policies>,
     /// REST broadcast messages per caller per second.
     pub(crate) broadcasts: crate::http::throttle::Throttle,
+    /// Boosts per user and per IP per minute.
+    pub(crate) boosts: crate::http::throttle::Throttle,
     /// Live aggregate topics, once the database is set up.
     pub(crate) live: std::sync::OnceLock<Arc<LiveQueries>>,
     /// Relay-run holds and their topic, once the database is set up.

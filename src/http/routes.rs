@@ -166,6 +166,7 @@ pub(crate) fn routes(
         .or(vendor)
         .or(metrics)
         .or(ready)
+        .or(throttle::boost_guard(relay.clone()))
         .or(crate::http::api::routes(
             relay.pool.clone(),
             relay.auth.clone(),

@@ -119,6 +119,7 @@ pub async fn run(
         auth,
         policies: policies.clone(),
         broadcasts: Throttle::new(Duration::from_secs(1)),
+        boosts: Throttle::new(Duration::from_secs(60)),
     });
     let addr = listener.local_addr().ok();
     info!(addr = %addr.map_or_else(|| "?".into(), |a: SocketAddr| a.to_string()), "pgrelay listening");

@@ -2,14 +2,20 @@
 //! client IP), all of one kind in one map. A bucket that has refilled is forgotten, so the map
 //! holds only the callers of the last window.
 //!
-//! [`client_ip`] reads the peer address of a request, for callers without a token `sub`.
+//! [`client_ip`] reads the peer address of a request, for callers without a token `sub`;
+//! [`boost_guard`] holds boosts to a rate per user and per IP.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use warp::http::header::{self, HeaderMap, HeaderValue};
+use warp::http::StatusCode;
 use warp::Filter;
+
+use crate::http::api::USER_HEADER;
+use crate::http::relay::Relay;
 
 /// Above this many keys, a take first forgets the buckets that have refilled.
 const SWEEP_ABOVE: usize = 10_000;
@@ -112,6 +118,81 @@ pub(crate) fn client_ip(
         .map(|ours: Option<ClientAddr>, warps: Option<SocketAddr>| {
             ours.map(|ClientAddr(a)| a).or(warps).map(|a| a.ip())
         })
+}
+
+/// The bucket keys of a caller: its user when known, and its IP, each with its capacity.
+pub(crate) fn caller_keys(
+    kind: &str,
+    user: Option<&str>,
+    per_user: u32,
+    ip: Option<IpAddr>,
+    per_ip: u32,
+) -> Vec<(String, u32)> {
+    let mut keys = Vec::with_capacity(2);
+    if let Some(user) = user {
+        keys.push((format!("{kind}:user:{user}"), per_user));
+    }
+    if let Some(ip) = ip {
+        keys.push((format!("{kind}:ip:{ip}"), per_ip));
+    }
+    keys
+}
+
+/// The answer to a boost over its rate: the API's error shape, 429.
+pub(crate) const TOO_MANY_BOOSTS: &str = "Too many boosts: slow down and try again in a minute";
+
+/// `POST /api/v1/polls/{id}/boost` over the caller's boost rate: answered 429 here, before
+/// the API runs it; any other request is rejected "not found" for the API route to take.
+/// The user is the token's `sub` (auth on) or the `X-User-Id` header (auth off: forgeable,
+/// which is why the IP has a budget of its own).
+pub(crate) fn boost_guard(
+    relay: Arc<Relay>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    warp::path!("api" / "v1" / "polls" / String / "boost")
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(client_ip())
+        .and_then(move |_id: String, headers: HeaderMap, ip: Option<IpAddr>| {
+            let relay = relay.clone();
+            async move {
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+                let user = if relay.auth.is_some() {
+                    relay
+                        .identify(header("apikey"), header("authorization"))
+                        .ok()
+                        .flatten()
+                        .and_then(|c| c.sub)
+                } else {
+                    header(USER_HEADER)
+                        .map(|u| u.trim().to_ascii_lowercase())
+                        .filter(|u| !u.is_empty() && u.len() <= 64)
+                };
+                let guards = &relay.limits.guards;
+                let keys = caller_keys(
+                    "boost",
+                    user.as_deref(),
+                    guards.max_boosts_per_minute,
+                    ip,
+                    guards.max_boosts_per_ip_per_minute,
+                );
+                match relay.boosts.take(&keys, 1) {
+                    Ok(()) => Err(warp::reject::not_found()),
+                    Err(_) => Ok(too_many_boosts()),
+                }
+            }
+        })
+}
+
+fn too_many_boosts() -> warp::reply::Response {
+    use warp::Reply;
+    let body = serde_json::json!({ "error": TOO_MANY_BOOSTS, "code": "BoostRateLimitReached" });
+    let mut resp =
+        warp::reply::with_status(warp::reply::json(&body), StatusCode::TOO_MANY_REQUESTS)
+            .into_response();
+    let headers = resp.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    resp
 }
 
 #[cfg(test)]

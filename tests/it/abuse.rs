@@ -351,3 +351,56 @@ async fn idle_connections_are_counted_refused_and_timed_out() {
     assert!(took >= Duration::from_millis(800), "closed after {took:?}");
     relay.stop().await;
 }
+
+/// Boosts used to be unlimited (an anonymous caller boosted 20 times in a row). Now each user
+/// has `PGRELAY_MAX_BOOSTS_PER_MINUTE` and each IP `PGRELAY_MAX_BOOSTS_PER_IP_PER_MINUTE`;
+/// over either the boost is 429 `BoostRateLimitReached` and not counted.
+#[tokio::test]
+async fn boosts_are_rate_limited_per_user_and_per_ip() {
+    use crate::api::{assert_error, poll, request};
+    let relay = start_relay_with(|c| c.limits.guards.max_boosts_per_ip_per_minute = 15).await;
+    let db = relay.db().await;
+    let p = poll(&db, "Boost me?", json!(["a"]), "active").await;
+    let path = format!("/api/v1/polls/{p}/boost");
+    let boost = |user: &'static str| {
+        let path = path.clone();
+        let addr = relay.addr;
+        async move {
+            let (status, body, head) =
+                request(addr, "POST", &path, &[("X-User-Id", user)], None).await;
+            (status, body, head)
+        }
+    };
+    let ada = "00000000-0000-4000-8000-00000000000a";
+    let bob = "00000000-0000-4000-8000-00000000000b";
+    for n in 1..=10 {
+        let (status, body, _) = boost(ada).await;
+        assert_eq!(status, 200, "boost {n}: {body}");
+    }
+    let (status, body, head) = boost(ada).await;
+    assert_error((status, body.clone()), 429, "BoostRateLimitReached");
+    assert!(head.contains("retry-after: 60"), "{head}");
+    // Another user from the same IP has a budget of their own, up to the IP's 15.
+    for n in 1..=5 {
+        let (status, body, _) = boost(bob).await;
+        assert_eq!(status, 200, "bob's boost {n}: {body}");
+    }
+    assert_error(
+        {
+            let (s, b, _) = boost(bob).await;
+            (s, b)
+        },
+        429,
+        "BoostRateLimitReached",
+    );
+    // Without a user, the IP's budget is all there is.
+    let (status, body, _) = request(relay.addr, "POST", &path, &[], None).await;
+    assert_error((status, body), 429, "BoostRateLimitReached");
+    let count: i32 = db
+        .query_one("SELECT boost_count FROM polls WHERE id = $1", &[&p])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 15);
+    relay.stop().await;
+}
