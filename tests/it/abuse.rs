@@ -333,6 +333,18 @@ async fn idle_connections_are_counted_refused_and_timed_out() {
     assert_eq!(http_get(relay.addr, "/health").await.0, 200);
     drop(sockets);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // And so do event streams.
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let path = "/api/v1/changes?schema=public&table=profiles&event=INSERT";
+        let sse = Sse::connect(relay.addr, path, None).await;
+        assert_eq!(sse.status, 200);
+        streams.push(sse);
+    }
+    let (status, _) = http_get(relay.addr, "/api/v1/stats").await;
+    assert_eq!(status, 429, "a request got in beside 10 event streams");
+    drop(streams);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // Keep-alive: one request answered, then the idle connection is closed by the relay.
     let mut s = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
     s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
