@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-
 mod guards;
-pub use guards::Guards;
+pub use guards::{Guards, DEFAULT_MAX_MESSAGE_BYTES};
 
 /// The default database: a local PostgreSQL with the stock superuser, so that a developer can
 /// start the relay without configuring anything.
@@ -253,9 +252,7 @@ pub fn parse_timeout(s: &str) -> Result<Timeout, String> {
 /// client could otherwise grow without end.
 #[derive(Debug, Clone, Args)]
 pub struct Limits {
-    /// Open client connections of every kind (WebSocket, server-sent events, plain HTTP kept
-    /// alive), counted from accept to close; one over it is answered at once (`/health`
-    /// still `ok`, anything else 429 `Too many connected users`) and closed.
+    /// Open connections of every kind (sockets, event streams, HTTP); one more gets a 429.
     #[arg(long, env = "PGRELAY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
@@ -277,9 +274,8 @@ pub struct Limits {
     pub socket_queue_bytes: usize,
 
     /// Largest WebSocket message accepted from a client, in bytes; a larger one closes the
-    /// socket (1009). The default is the largest broadcast payload plus 64 KiB for the
-    /// envelope, so an oversized broadcast or presence payload gets an error reply and the
-    /// socket lives on, and nothing larger is ever buffered (Supabase's frame limit: 5 MB).
+    /// socket (1009). The default leaves room for the largest broadcast payload, so an
+    /// oversized payload gets an error reply and the socket lives on.
     #[arg(long, env = "PGRELAY_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
@@ -349,13 +345,9 @@ pub struct Limits {
     /// again.
     #[arg(long, env = "PGRELAY_TAIL_ABOVE", default_value_t = 200)]
     pub tail_above: u32,
-
     #[command(flatten)]
     pub guards: Guards,
 }
-
-/// The default `max_message_bytes`: the default broadcast payload limit and its envelope.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 3_000_000 + 64 * 1024;
 
 /// How committed changes reach the relay. The change log is always the source of every
 /// change; the modes differ only in what tells the relay to read it.

@@ -8,6 +8,11 @@ use clap::Args;
 
 use super::parse_period;
 
+/// The default `max_message_bytes`: the default broadcast payload limit (3,000,000) and 64
+/// KiB of envelope, the most the protocol needs; nothing larger is ever buffered. Supabase
+/// accepts frames up to 5,000,000 bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 3_000_000 + 64 * 1024;
+
 /// Per-caller rates and per-connection deadlines.
 #[derive(Debug, Clone, Args)]
 pub struct Guards {
