@@ -166,3 +166,18 @@ pub(crate) async fn serve(
     drop(open_tx);
     let _ = open_rx.recv().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
+        let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+        // Lowering the soft limit is always allowed; the relay must undo it.
+        rlimit::setrlimit(rlimit::Resource::NOFILE, 256.min(hard), hard).unwrap();
+        raise_file_limit(0);
+        let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+        assert_eq!(soft, hard);
+    }
+}
