@@ -13,7 +13,7 @@ use super::parse_period;
 /// accepts frames up to 5,000,000 bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 3_000_000 + 64 * 1024;
 
-/// Per-caller rates and per-connection deadlines.
+/// Per-caller rates (0 turns one off) and per-connection deadlines.
 #[derive(Debug, Clone, Args)]
 pub struct Guards {
     /// Messages one REST broadcast request may carry; a larger batch is refused whole with

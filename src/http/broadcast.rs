@@ -58,7 +58,8 @@ pub(crate) fn rest_broadcast_batch(
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
     };
     let count = u32::try_from(batch.messages.len()).unwrap_or(u32::MAX);
-    if count > relay.limits.guards.max_broadcast_batch {
+    let max_batch = relay.limits.guards.max_broadcast_batch;
+    if max_batch > 0 && count > max_batch {
         return too_many(&relay, count, Denied::TooMany);
     }
     // All or nothing: a batch with one message the caller may not send sends none.
