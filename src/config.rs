@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+mod guards;
+pub use guards::{Guards, DEFAULT_MAX_MESSAGE_BYTES};
 
 /// The default server: a local PostgreSQL with the stock superuser, so that a developer can
 /// start the relay without configuring anything (in pgrelay's own database, `db::home`).
@@ -267,7 +269,7 @@ pub fn parse_timeout(s: &str) -> Result<Timeout, String> {
 /// client could otherwise grow without end.
 #[derive(Debug, Clone, Args)]
 pub struct Limits {
-    /// Concurrent WebSocket connections; the next upgrade is refused with 429.
+    /// Open connections of every kind (sockets, event streams, HTTP); one more gets a 429.
     #[arg(long, env = "PGRELAY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
@@ -289,9 +291,9 @@ pub struct Limits {
     pub socket_queue_bytes: usize,
 
     /// Largest WebSocket message accepted from a client, in bytes; a larger one closes the
-    /// socket (1009). Above the payload limits below, so an oversized broadcast or presence
-    /// payload gets an error reply and the socket lives on.
-    #[arg(long, env = "PGRELAY_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    /// socket (1009). The default leaves room for the largest broadcast payload, so an
+    /// oversized payload gets an error reply and the socket lives on.
+    #[arg(long, env = "PGRELAY_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
     /// Largest broadcast payload (Supabase's tenant default: 3,000 KB).
@@ -366,6 +368,8 @@ pub struct Limits {
     /// again.
     #[arg(long, env = "PGRELAY_TAIL_ABOVE", default_value_t = 200)]
     pub tail_above: u32,
+    #[command(flatten)]
+    pub guards: Guards,
 }
 
 /// How committed changes reach the relay. The change log is always the source of every
@@ -411,7 +415,7 @@ impl Default for Limits {
             max_bindings_per_channel: 100,
             socket_queue: 1024,
             socket_queue_bytes: 16 * 1024 * 1024,
-            max_message_bytes: 8 * 1024 * 1024,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_broadcast_payload_bytes: 3_000_000,
             max_presence_payload_bytes: 10_000,
             max_presence_events_per_second: 10,
@@ -424,6 +428,7 @@ impl Default for Limits {
             ingest: IngestMode::Adaptive,
             tail_interval: Duration::from_millis(5),
             tail_above: 200,
+            guards: Guards::default(),
         }
     }
 }

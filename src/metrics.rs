@@ -71,6 +71,10 @@ pub struct Metrics {
     pub cutoffs_total: AtomicU64,
     /// Joins and pushes refused by the per-socket rate limits.
     pub rate_limited_total: AtomicU64,
+    /// REST broadcast messages refused by the per-caller limits (counted per message).
+    pub broadcasts_refused_total: AtomicU64,
+    /// REST broadcast messages a subscriber skipped because its queue was half full.
+    pub broadcasts_shed_total: AtomicU64,
     pub listener_reconnects_total: AtomicU64,
     pub catchups_total: AtomicU64,
     pub catchup_changes_total: AtomicU64,
@@ -272,6 +276,18 @@ impl Metrics {
             "pgrelay_rate_limited_total",
             "Joins and messages refused by the per-socket rate limits.",
             &self.rate_limited_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_broadcasts_refused_total",
+            "REST broadcast messages refused by the per-request and per-caller limits.",
+            &self.broadcasts_refused_total,
+        );
+        counter(
+            &mut out,
+            "pgrelay_broadcasts_shed_total",
+            "REST broadcast messages not queued to a subscriber whose queue was half full.",
+            &self.broadcasts_shed_total,
         );
         counter(
             &mut out,

@@ -479,7 +479,9 @@ impl Cluster {
                 return;
             };
             if *node != *self.node {
-                self.router.broadcast(&key, None, &broadcast);
+                // From outside this relay, which cannot slow the sender down: a subscriber
+                // whose queue is half full skips it rather than being cut off.
+                self.router.broadcast_shedding(&key, &broadcast);
                 Metrics::inc(&self.metrics.cluster_broadcasts_received_total);
             }
             return;

@@ -1,11 +1,13 @@
 //! Admission of a WebSocket: the checks an upgrade passes before its socket task starts
-//! (protocol version, shutdown, startup, the connection limit, the token), then the task.
+//! (protocol version, shutdown, startup, the token), then the task, which takes its
+//! connection's permit (the connection limit) along.
 
 use std::sync::Arc;
 
 use warp::http::StatusCode;
 
 use crate::auth::{self, AuthError};
+use crate::http::listen::ConnPermit;
 use crate::http::query::parse_query;
 use crate::http::relay::{json_error, Relay};
 use crate::metrics::Metrics;
@@ -18,6 +20,7 @@ use crate::realtime::ws;
 pub(crate) fn upgrade(
     handshake: ws::Handshake,
     query: String,
+    conn: Option<ConnPermit>,
     relay: Arc<Relay>,
 ) -> warp::reply::Response {
     let handshake = match handshake {
@@ -38,9 +41,6 @@ pub(crate) fn upgrade(
             "Realtime is starting: waiting for the database",
         );
     }
-    let Ok(permit) = relay.connections.clone().try_acquire_owned() else {
-        return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
-    };
     let max = relay.limits.max_message_bytes;
     let claims = match &relay.auth {
         None => None,
@@ -51,6 +51,16 @@ pub(crate) fn upgrade(
             Some(Ok(claims)) => Some(claims),
             Some(Err(e)) => return json_error(StatusCode::UNAUTHORIZED, &e.to_string()),
             None => return json_error(StatusCode::UNAUTHORIZED, &AuthError::Missing.to_string()),
+        },
+    };
+    // The connection's own permit goes with the socket: the HTTP connection ends at the
+    // upgrade, the socket counts against the limit for as long as it lives. A request that
+    // came without one (not through the relay's accept loop) takes a permit of its own.
+    let permit = match conn.and_then(|c| c.take()) {
+        Some(p) => p,
+        None => match relay.connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => return json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users"),
         },
     };
     Metrics::inc(&relay.metrics.connections_total);
@@ -67,7 +77,8 @@ pub(crate) fn upgrade(
         shutdown: relay.shutdown.clone(),
     };
     let tracker = relay.tracker.clone();
-    handshake.on_upgrade(ws::config(max), move |websocket| {
+    let frame_timeout = relay.limits.guards.frame_timeout;
+    handshake.on_upgrade(ws::config(max), frame_timeout, move |websocket| {
         // A combinator rather than an `async` block: the block would keep its captured
         // WebSocket and context beside the running socket's own, for the socket's lifetime.
         futures_util::FutureExt::map(socket::run(websocket, vsn, ctx), move |()| {

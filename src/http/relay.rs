@@ -28,8 +28,9 @@ pub(crate) struct Relay {
     pub(crate) origins: Arc<crate::http::origin::Origins>,
     /// `PGRELAY_METRICS_TOKEN`: what `/metrics` requires as a bearer token.
     pub(crate) metrics_token: Option<String>,
-    /// One permit per WebSocket connection, taken before the upgrade and moved into the
-    /// socket task: the relay refuses connections instead of running out of memory.
+    /// One permit per client connection (`PGRELAY_MAX_CONNECTIONS`), taken at accept and
+    /// held while it is open; an upgrade moves it into the socket task. The relay refuses
+    /// connections instead of running out of memory or files.
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) shutdown: Shutdown,
     pub(crate) tracker: Tracker,
@@ -43,6 +44,10 @@ pub(crate) struct Relay {
     /// Token verification; `None`: auth off.
     pub(crate) auth: Option<Arc<Verifier>>,
     pub(crate) policies: Arc<Policies>,
+    /// REST broadcast messages per caller per second.
+    pub(crate) broadcasts: crate::http::throttle::Throttle,
+    /// Boosts per user and per IP per minute.
+    pub(crate) boosts: crate::http::throttle::Throttle,
     /// Live aggregate topics, once the database is set up.
     pub(crate) live: std::sync::OnceLock<Arc<LiveQueries>>,
     /// With `PGRELAY_REDIS_URL`: this relay's membership of the cluster.

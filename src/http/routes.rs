@@ -14,10 +14,12 @@ use warp::{Filter, Reply};
 use crate::db;
 use crate::http::admission::upgrade;
 use crate::http::broadcast::{rest_broadcast_batch, rest_broadcast_one};
+use crate::http::listen::ConnPermit;
 use crate::http::origin;
 use crate::http::query::parse_query;
 use crate::http::relay::{json_error, Relay};
 use crate::http::sse;
+use crate::http::throttle;
 use crate::metrics::Gauges;
 use crate::realtime::channel;
 use crate::realtime::ws;
@@ -38,6 +40,7 @@ pub(crate) fn routes(
     let websocket = ws_path
         .and(ws::handshake())
         .and(raw_query)
+        .and(warp::ext::optional::<ConnPermit>())
         .and(with_relay.clone())
         .map(upgrade);
     let health = warp::path!("health").map(|| "ok");
@@ -136,6 +139,7 @@ pub(crate) fn routes(
         .and(raw_query)
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::body::bytes())
+        .and(throttle::client_ip())
         .and(with_relay.clone())
         .map(rest_broadcast_batch);
     let broadcast_one =
@@ -146,6 +150,7 @@ pub(crate) fn routes(
             .and(warp::header::optional::<String>("authorization"))
             .and(warp::body::content_length_limit(max_body))
             .and(warp::body::bytes())
+            .and(throttle::client_ip())
             .and(with_relay.clone())
             .map(rest_broadcast_one);
     let guard = origin::guard(relay.origins.clone());
@@ -172,6 +177,7 @@ pub(crate) fn routes(
         .or(vendor)
         .or(metrics)
         .or(ready)
+        .or(throttle::boost_guard(relay.clone()))
         .or(crate::http::api::routes(
             relay.pool.clone(),
             relay.auth.clone(),

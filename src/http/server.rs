@@ -19,9 +19,10 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::db::cleanup;
 use crate::db::{self, DbError};
+use crate::http::listen;
 use crate::http::origin::Origins;
 use crate::http::relay::Relay;
-use crate::http::routes::routes;
+use crate::http::throttle::Throttle;
 use crate::ingest::change::Catalog;
 use crate::ingest::listener::{self, ListenerConfig};
 use crate::ingest::tail::{Reader, ReaderConfig};
@@ -53,8 +54,7 @@ pub enum ServerError {
 /// Turn off Nagle's algorithm for every connection: frames are small and each should leave at
 /// once. With it on, a frame written while the previous one is unacknowledged waits for the
 /// client's delayed ACK (up to 40 ms on Linux). Set on the listener, whose accepted sockets
-/// inherit it (Linux; `accepted_sockets_inherit_no_delay` checks it), because warp accepts the
-/// connections itself.
+/// inherit it (Linux; `accepted_sockets_inherit_no_delay` checks it).
 fn no_delay(listener: &TcpListener) {
     if let Err(e) = socket2::SockRef::from(listener).set_tcp_nodelay(true) {
         warn!(cause = %e, "cannot set TCP_NODELAY on the listener: small frames may be delayed");
@@ -76,6 +76,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     no_delay(&listener);
+    listen::raise_file_limit(config.limits.max_connections);
     let pool = db::build_pool(&config.database_url, config.pool_size)?;
     let auth = Verifier::from_config(
         config.jwt_secret.as_deref(),
@@ -145,6 +146,8 @@ pub async fn run(
         cluster,
         auth,
         policies: policies.clone(),
+        broadcasts: Throttle::new(Duration::from_secs(1)),
+        boosts: Throttle::new(Duration::from_secs(60)),
     });
     let addr = listener.local_addr().ok();
     info!(addr = %addr.map_or_else(|| "?".into(), |a: SocketAddr| a.to_string()), "pgrelay listening");
@@ -156,12 +159,7 @@ pub async fn run(
         let stop = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        tokio::spawn(
-            warp::serve(routes(relay.clone()))
-                .incoming(listener)
-                .graceful(stop)
-                .run(),
-        )
+        tokio::spawn(listen::serve(listener, relay.clone(), stop))
     };
     let user_stop = {
         let stop_tx = stop_tx.clone();

@@ -10,6 +10,7 @@
 //! A plain GET on a socket path is answered `426 Upgrade Required`, not "not found".
 
 use std::future::Future;
+use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -22,8 +23,11 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-/// A server-side WebSocket over an upgraded HTTP/1.1 connection.
-pub type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+use crate::realtime::deadline::Deadline;
+
+/// A server-side WebSocket over an upgraded HTTP/1.1 connection, its client messages under
+/// the frame timeout.
+pub type WebSocket = WebSocketStream<Deadline<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Read buffer per socket. Clients send little (joins, heartbeats, the odd broadcast): 4 KiB
 /// takes any of them in one read. A larger message still arrives whole: tungstenite reserves
@@ -160,8 +164,14 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 impl Upgrade {
     /// Answer 101 Switching Protocols and, once hyper hands over the connection, run `serve`
     /// on the WebSocket in a task of its own. If the upgrade fails (the client went away),
-    /// `serve` is dropped without running, and with it whatever it owns.
-    pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, serve: F) -> Response
+    /// `serve` is dropped without running, and with it whatever it owns. A client message
+    /// still incomplete `frame_timeout` after its first byte fails the socket's read.
+    pub fn on_upgrade<F, Fut>(
+        self,
+        config: WebSocketConfig,
+        frame_timeout: Duration,
+        serve: F,
+    ) -> Response
     where
         F: FnOnce(WebSocket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -171,7 +181,7 @@ impl Upgrade {
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let io = TokioIo::new(upgraded);
+                    let io = Deadline::new(TokioIo::new(upgraded), frame_timeout);
                     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                     // A task of its own rather than awaited here: a socket lives for hours,
                     // and this future's state (the config, the upgrade) would live with it.

@@ -108,6 +108,18 @@ pub struct SocketHandle {
     pub max_queued_bytes: usize,
 }
 
+/// Whether a socket's queue is half full or more (frames or bytes).
+pub(super) fn half_full(handle: &SocketHandle) -> bool {
+    let frames = handle.tx.max_capacity() - handle.tx.capacity();
+    frames.saturating_mul(2) >= handle.tx.max_capacity()
+        || handle
+            .shared
+            .queued_bytes
+            .load(Ordering::Relaxed)
+            .saturating_mul(2)
+            >= handle.max_queued_bytes
+}
+
 /// Queue a frame without waiting. False when the socket's queue (messages or bytes) is full.
 pub(super) fn try_queue(handle: &SocketHandle, out: Outbound, metrics: &Metrics) -> bool {
     let len = out.len();

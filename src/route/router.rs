@@ -20,7 +20,7 @@ use crate::route::bindings::{BindingId, Bindings, NewBinding};
 use crate::route::outbox::Outbox;
 use crate::route::presence::Diff;
 use crate::route::queue::{
-    try_queue, Frame, Outbound, SocketHandle, SocketId, SocketShared, SLOW_CONSUMER,
+    half_full, try_queue, Frame, Outbound, SocketHandle, SocketId, SocketShared, SLOW_CONSUMER,
 };
 use crate::route::topic::{Broadcast, Member, Topic, TopicKey};
 
@@ -303,6 +303,23 @@ impl Router {
         ack: bool,
     ) -> Option<oneshot::Receiver<bool>> {
         self.broadcast(key, sender, &msg);
+        self.forward(key, msg, ack)
+    }
+
+    /// A broadcast from outside any socket (the REST endpoints), shedding as
+    /// [`Router::broadcast_shedding`] does, and to the other relays when several share Redis.
+    pub fn publish_shedding(&self, key: &TopicKey, msg: Broadcast) {
+        self.broadcast_shedding(key, &msg);
+        self.forward(key, msg, false);
+    }
+
+    /// Queue a broadcast for the other relays, if there are any.
+    fn forward(
+        &self,
+        key: &TopicKey,
+        msg: Broadcast,
+        ack: bool,
+    ) -> Option<oneshot::Receiver<bool>> {
         let outbox = self.outbox.get()?;
         let (tx, rx) = if ack {
             let (tx, rx) = oneshot::channel();
@@ -320,12 +337,34 @@ impl Router {
     /// Send a broadcast to this relay's members of a topic (the sender only if it asked for
     /// `self`). Returns how many sockets it was queued for.
     pub fn broadcast(&self, key: &TopicKey, sender: Option<SocketId>, msg: &Broadcast) -> usize {
+        self.fan_out(key, sender, msg, false).0
+    }
+
+    /// A broadcast from outside any socket (the REST endpoints): a subscriber whose queue is
+    /// half full or more skips the message instead of being cut off, so a flood of requests
+    /// costs the flood, never a healthy subscriber. Returns (queued, shed).
+    pub fn broadcast_shedding(&self, key: &TopicKey, msg: &Broadcast) -> (usize, usize) {
+        let (sent, shed) = self.fan_out(key, None, msg, true);
+        self.metrics
+            .broadcasts_shed_total
+            .fetch_add(shed as u64, Ordering::Relaxed);
+        (sent, shed)
+    }
+
+    fn fan_out(
+        &self,
+        key: &TopicKey,
+        sender: Option<SocketId>,
+        msg: &Broadcast,
+        shedding: bool,
+    ) -> (usize, usize) {
         let mut cut = Vec::new();
         let mut sent = 0;
+        let mut shed = 0;
         {
             let st = self.lock();
             let Some(topic) = st.topics.get(key) else {
-                return 0;
+                return (0, 0);
             };
             let mut frames: HashMap<Vsn, Outbound> = HashMap::new();
             for (socket, member) in &topic.members {
@@ -352,7 +391,9 @@ impl Router {
                 if frame.is_empty() {
                     continue;
                 }
-                if try_queue(handle, frame.clone(), &self.metrics) {
+                if shedding && half_full(handle) {
+                    shed += 1;
+                } else if try_queue(handle, frame.clone(), &self.metrics) {
                     sent += 1;
                 } else {
                     cut.push(handle.shared.clone());
@@ -360,7 +401,7 @@ impl Router {
             }
         }
         self.cut_off_all(cut);
-        sent
+        (sent, shed)
     }
 
     pub fn socket_count(&self) -> usize {

@@ -73,3 +73,71 @@ fn vendored_supabase_js_is_the_tested_version() {
     );
     assert!(header.contains("MIT License"), "{header}");
 }
+
+/// The demo page's token handling, run in Node against the page the relay serves: a JWT in
+/// the fragment is taken and removed from the address bar; one in the query is ignored and
+/// removed too, so the token never stays in the URL (it used to be read from `?token=`).
+#[tokio::test]
+async fn the_demo_takes_its_token_from_the_fragment_and_strips_it() {
+    let relay = start_relay().await;
+    let (_, _, page) = get(relay.addr, "/demo").await;
+    relay.stop().await;
+    assert!(
+        !page.contains("params.get(\"token\")"),
+        "the page still reads the token from the query"
+    );
+    let start = page
+        .find("function takeToken()")
+        .expect("takeToken in the page");
+    let end = start + page[start..].find("\n}\n").expect("end of takeToken") + 3;
+    let function = &page[start..end];
+    let harness = r#"
+        const run = (url, stored) => {
+          const u = new URL(url);
+          const store = new Map(stored ? [["pgrelay-demo-token", stored]] : []);
+          const location = { search: u.search, hash: u.hash, pathname: u.pathname };
+          let replaced = null;
+          const history = { state: null, replaceState: (_s, _t, to) => { replaced = to; } };
+          const sessionStorage = {
+            getItem: (k) => store.has(k) ? store.get(k) : null,
+            setItem: (k, v) => store.set(k, String(v)),
+            removeItem: (k) => store.delete(k),
+          };
+          const console = { warn: () => {} };
+          const params = new URLSearchParams(u.search);
+          const TOKEN_KEY = "pgrelay-demo-token";
+          const takeToken = new Function(
+            "location", "history", "sessionStorage", "console", "params", "TOKEN_KEY",
+            FUNCTION + "\nreturn takeToken();");
+          const token = takeToken(location, history, sessionStorage, console, params, TOKEN_KEY);
+          return { token, replaced, stored: store.get("pgrelay-demo-token") ?? null };
+        };
+        process.stdout.write(JSON.stringify([
+          run("http://r/demo?poll_ms=500#token=abc.def.ghi&x=1"),
+          run("http://r/demo?token=leaked&poll_ms=500"),
+          run("http://r/demo", "kept"),
+          run("http://r/demo#token=", "kept"),
+        ]));
+    "#
+    .replace("FUNCTION", &serde_json::to_string(function).unwrap());
+    let out = std::process::Command::new("node")
+        .arg("-e")
+        .arg(&harness)
+        .output()
+        .expect("node runs (the JS suites need it too)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        got,
+        serde_json::json!([
+            {"token": "abc.def.ghi", "replaced": "/demo?poll_ms=500#x=1", "stored": "abc.def.ghi"},
+            {"token": null, "replaced": "/demo?poll_ms=500", "stored": null},
+            {"token": "kept", "replaced": null, "stored": "kept"},
+            {"token": null, "replaced": "/demo", "stored": null},
+        ])
+    );
+}

@@ -501,8 +501,8 @@ fn cases() -> Vec<Case> {
             push(V2, json!("1"), json!("2"), &format!("realtime:{mb}"), "broadcast", json!({})),
             reply_err(V2, null(), json!("2"), &format!("realtime:{mb}"), "unmatched topic"),
         ]),
-        case("4.9 MB heartbeat payload (under the 5,000,000-byte limit)", V2, vec![
-            push(V2, null(), json!("24"), "phoenix", "heartbeat", json!("y".repeat(4_900_000))),
+        case("3 MB heartbeat payload (under the 3,065,536-byte message limit)", V2, vec![
+            push(V2, null(), json!("24"), "phoenix", "heartbeat", json!("y".repeat(3_000_000))),
             hb_ok(V2, "24"),
         ]),
         // --- The WebSocket layer -------------------------------------------------------------
@@ -514,7 +514,7 @@ fn cases() -> Vec<Case> {
             )),
             Step::Closed(Some(1007)),
         ]),
-        case("10 MB text frame (limit 5,000,000 bytes)", V2, vec![
+        case("10 MB text frame (limit 3,065,536 bytes)", V2, vec![
             push(V2, null(), json!("26"), "phoenix", "heartbeat", json!("z".repeat(10 << 20))),
             Step::Closed(Some(1009)),
         ]),

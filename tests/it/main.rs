@@ -5,6 +5,7 @@
 
 mod support;
 
+mod abuse;
 mod api;
 mod auth;
 mod cleanup;

@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::protocol;
+use crate::realtime::deadline::NOT_COMPLETED;
 use crate::realtime::socket::{End, Socket};
 use crate::route::queue::{Outbound, SocketShared};
 
@@ -148,7 +149,10 @@ where
 /// The close frame for a transport error the client caused (RFC 6455 codes), if any.
 fn ws_error_close(cause: &str) -> Option<(u16, String)> {
     let lower = cause.to_ascii_lowercase();
-    if lower.contains("message too long")
+    if let Some(at) = cause.find(NOT_COMPLETED) {
+        // The frame timeout (`deadline`): a policy, not a protocol error.
+        Some((1008, cause[at..].to_owned()))
+    } else if lower.contains("message too long")
         || lower.contains("space limit")
         || lower.contains("too big")
     {
