@@ -11,6 +11,7 @@
 
 pub mod cleanup;
 pub mod pginstance;
+pub mod standby;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
