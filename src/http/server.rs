@@ -278,6 +278,7 @@ fn start_pipeline(
             mode: limits.ingest,
             tail_interval: limits.tail_interval,
             tail_above: limits.tail_above,
+            standby: false,
         },
         catalog,
         metrics: metrics.clone(),
