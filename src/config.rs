@@ -81,6 +81,12 @@ pub struct DatabaseArgs {
     /// Connections in the pool used for everything but LISTEN (catalog reads, change-log reads).
     #[arg(long, env = "PGRELAY_POOL_SIZE", default_value_t = 8, global = true)]
     pub pool_size: usize,
+
+    /// A hot standby of DATABASE_URL to read from: changes (the change log, tailed), the
+    /// catalog, live topics, read policies, event streams and the JSON API's reads. Writes
+    /// still go to DATABASE_URL. Unset: everything uses DATABASE_URL.
+    #[arg(long, env = "PGRELAY_READ_URL", hide_env_values = true)]
+    pub read_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -409,6 +415,9 @@ impl Default for Limits {
 pub struct Config {
     pub database_url: String,
     pub pool_size: usize,
+    /// `PGRELAY_READ_URL`: a hot standby that changes and reads come from (`None`: the
+    /// primary, `database_url`, does everything).
+    pub read_url: Option<String>,
     pub channel: String,
     pub triggers_dir: Option<PathBuf>,
     /// How long to keep retrying an unreachable database at startup; `None`: for ever.
@@ -442,6 +451,7 @@ impl Config {
         Config {
             database_url: database_url.into(),
             pool_size: 8,
+            read_url: None,
             channel: "pgrelay".to_owned(),
             triggers_dir: None,
             startup_timeout: Some(Duration::ZERO),
