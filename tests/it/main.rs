@@ -24,6 +24,7 @@ mod live;
 mod ops;
 mod protocol;
 mod realtime;
+mod replica;
 mod security;
 mod sse;
 mod startup;
