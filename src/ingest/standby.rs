@@ -16,23 +16,27 @@
 //! Before each read, one statement asks the standby which candidate transactions are still
 //! in progress (`pg_xact_status`): those the last window left open, and every xid from the
 //! last window's upper bound up to the standby's current `xmax` (the *horizon*, at most
-//! [`STEP`] ahead). The read that follows takes its own snapshot later, and is bounded by
-//! `xid < horizon`. Then:
+//! [`STEP`] ahead). The read that follows takes its own snapshot later and is bounded by
+//! `xid < horizon`. A candidate is then:
 //!
-//! - a candidate that was no longer in progress when asked had ended before the read's
-//!   snapshot, so its rows, if it committed any, are in this read;
-//! - a candidate still in progress when asked is kept open for the next window, unless this
-//!   read already returned its rows (it committed in between);
-//! - xids at or above the horizon wait for the next window.
+//! - *read*, when the read returned its rows: it is closed;
+//! - *open*, when it was still in progress when asked: it is kept for the next window;
+//! - *done*, when it is below the read snapshot's `xmin`: that snapshot saw it finished, so
+//!   had it committed rows, the read would have returned them;
+//! - otherwise *settling*: it had finished when asked, but a standby marks a commit in the
+//!   commit log a moment before it takes the transaction out of its running set, and a
+//!   snapshot taken in between still sees it running. It is kept open until the standby's
+//!   replay position has moved past where it stood during the read that first missed it
+//!   (replay finishes records in order, so the commit record is then fully replayed), and
+//!   one more read has missed it: then it committed no rows.
 //!
-//! The window that results, `min(open):horizon:open…`, is written as an ordinary snapshot
-//! text: for every transaction that wrote to the change log it says "read" exactly when the
-//! reader has handed it on, which is all the reader, its resumption after a lost session,
-//! gap detection and server-sent event positions need from a snapshot. Every statement here
-//! runs on a hot standby: no xid is assigned, nothing is written, and the sessions are read
-//! only.
+//! The window that results, `xmin:horizon:open…`, is written as an ordinary snapshot text:
+//! for every transaction that wrote to the change log it says "read" exactly when the reader
+//! has handed it on, which is all the reader, its resumption after a lost session, gap
+//! detection and server-sent event positions need from a snapshot. Every statement here runs
+//! on a hot standby: no xid is assigned, nothing is written, and the sessions are read only.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,11 +51,11 @@ use crate::shutdown::Shutdown;
 
 /// The most xids one window's status check looks at: after a long outage the reader
 /// catches up in windows of this many xids rather than one huge one.
-pub const STEP: i64 = 100_000;
+pub const STEP: i64 = 10_000;
 
-/// Which candidates are still in progress, and the horizon below which every xid was
-/// checked. `$1`: the open xids of the last window; `$2`: its upper bound (NULL at start:
-/// the statement's own xmin); `$3`: [`STEP`].
+/// Which candidates are still in progress, the horizon below which every xid was checked, and
+/// the standby's replay position. `$1`: the open xids of the last window; `$2`: its upper
+/// bound (NULL at start: the statement's own xmin); `$3`: [`STEP`].
 pub const STATUS_SQL: &str = "\
 WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, \
                   pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax), \
@@ -60,16 +64,17 @@ WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
 SELECT r.horizon, \
        ARRAY(SELECT c FROM (SELECT unnest($1::bigint[]) AS c \
                             UNION SELECT generate_series(r.lo, r.horizon - 1)) AS cand \
-             WHERE pg_xact_status(c::text::xid8) = 'in progress' ORDER BY c) \
+             WHERE pg_xact_status(c::text::xid8) = 'in progress' ORDER BY c), \
+       pg_last_wal_replay_lsn()::text \
 FROM r";
 
 /// The tail reader's read on a standby: `tail::READ_SQL` bounded by the horizon (`$3`), with
-/// each row's xid (column 10) so that a transaction read now is not kept open.
+/// each row's xid (column 10), and the replay position during the read (column 11).
 pub const READ_SQL: &str = "\
 SELECT pg_current_snapshot()::text, \
        (SELECT notify FROM pgrelay.ingest_state), \
        c.seq, c.schema_name, c.table_name, c.op, c.commit_timestamp, c.record, c.old_record, c.txmax, \
-       c.xid::text \
+       c.xid::text, pg_last_wal_replay_lsn()::text \
 FROM (SELECT 1) AS one \
 LEFT JOIN LATERAL ( \
     SELECT l.*, max(l.seq) OVER (PARTITION BY l.xid) AS txmax \
@@ -79,31 +84,65 @@ LEFT JOIN LATERAL ( \
 ) c ON true \
 ORDER BY c.txmax, c.seq";
 
-/// The answer of [`STATUS_SQL`].
+/// The answer of [`STATUS_SQL`], with the window it was asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statuses {
+    /// The last window's upper bound and open xids (`None`: the first window).
+    pub after: Option<(i64, Vec<i64>)>,
     /// Every xid below this was checked (or read before).
     pub horizon: i64,
     /// Candidates still in progress when checked, ascending.
     pub in_progress: Vec<i64>,
+    /// The standby's replay position when checked.
+    pub replayed: u64,
+}
+
+/// What one read saw, for [`Statuses::window`].
+#[derive(Debug, Default)]
+pub struct ReadSeen {
+    /// The xids whose rows the read returned.
+    pub xids: HashSet<i64>,
+    /// The read snapshot's xmin.
+    pub xmin: i64,
+    /// The standby's replay position during the read.
+    pub replayed: u64,
 }
 
 impl Statuses {
-    /// The window this read closes: `read` holds the xids whose rows the read returned.
-    pub fn window(&self, read: &HashSet<i64>) -> String {
-        let open: Vec<String> = self
+    /// The window the read closes. `settling` maps each settling xid to the replay position
+    /// during the read that first missed it; it is kept across windows.
+    pub fn window(&self, read: &ReadSeen, settling: &mut HashMap<i64, u64>) -> String {
+        let mut open: BTreeSet<i64> = self
             .in_progress
             .iter()
-            .filter(|x| !read.contains(x) && **x < self.horizon)
-            .map(i64::to_string)
-            .collect();
-        let xmin = self
-            .in_progress
-            .iter()
-            .find(|x| !read.contains(x) && **x < self.horizon)
             .copied()
-            .unwrap_or(self.horizon);
-        format!("{xmin}:{}:{}", self.horizon, open.join(","))
+            .filter(|x| !read.xids.contains(x) && *x < self.horizon)
+            .collect();
+        if let Some((lo, prev_open)) = &self.after {
+            let in_progress: HashSet<i64> = self.in_progress.iter().copied().collect();
+            let fresh = (*lo).max(read.xmin)..self.horizon;
+            let candidates = prev_open.iter().copied().chain(fresh);
+            for x in candidates {
+                if x < read.xmin || read.xids.contains(&x) || in_progress.contains(&x) {
+                    continue;
+                }
+                match settling.get(&x) {
+                    // Its commit had been fully replayed before this read: nothing to read.
+                    Some(missed_at) if self.replayed > *missed_at => {}
+                    Some(_) => {
+                        open.insert(x);
+                    }
+                    None => {
+                        settling.insert(x, read.replayed);
+                        open.insert(x);
+                    }
+                }
+            }
+        }
+        settling.retain(|x, _| open.contains(x));
+        let xmin = open.first().copied().unwrap_or(self.horizon);
+        let xip: Vec<String> = open.iter().map(i64::to_string).collect();
+        format!("{xmin}:{}:{}", self.horizon, xip.join(","))
     }
 }
 
@@ -114,17 +153,27 @@ pub async fn statuses(
     stmt: &Statement,
     prev: Option<&str>,
 ) -> Result<Option<Statuses>, tokio_postgres::Error> {
-    let (lo, open) = match prev {
-        None => (None, Vec::new()),
+    let after = match prev {
+        None => None,
         Some(text) => match parse(text) {
-            Some((xmax, open)) => (Some(xmax), open),
+            Some(after) => Some(after),
             None => return Ok(None),
         },
     };
+    let (lo, open) = match &after {
+        Some((lo, open)) => (Some(*lo), open.clone()),
+        None => (None, Vec::new()),
+    };
     let row = client.query_one(stmt, &[&open, &lo, &STEP]).await?;
+    let replayed: Option<String> = row.try_get(2)?;
     Ok(Some(Statuses {
+        after,
         horizon: row.try_get(0)?,
         in_progress: row.try_get(1)?,
+        replayed: replayed
+            .as_deref()
+            .and_then(standby::parse_lsn)
+            .unwrap_or(0),
     }))
 }
 
@@ -234,16 +283,63 @@ pub async fn run_lag(write: Pool, read: Pool, metrics: Arc<Metrics>, mut shutdow
 mod tests {
     use super::*;
 
+    fn seen(xids: &[i64], xmin: i64, replayed: u64) -> ReadSeen {
+        ReadSeen {
+            xids: xids.iter().copied().collect(),
+            xmin,
+            replayed,
+        }
+    }
+
     #[test]
-    fn windows_keep_open_what_was_not_read() {
+    fn the_first_window_leaves_open_what_runs() {
         let s = Statuses {
+            after: None,
             horizon: 730,
             in_progress: vec![725, 727],
+            replayed: 100,
         };
-        assert_eq!(s.window(&HashSet::new()), "725:730:725,727");
-        assert_eq!(s.window(&HashSet::from([725])), "727:730:727");
-        assert_eq!(s.window(&HashSet::from([725, 727, 728])), "730:730:");
-        assert_eq!(parse("727:730:727"), Some((730, vec![727])));
+        let mut settling = HashMap::new();
+        assert_eq!(
+            s.window(&seen(&[], 725, 100), &mut settling),
+            "725:730:725,727"
+        );
+        assert!(settling.is_empty());
+    }
+
+    #[test]
+    fn read_running_done_and_settling_candidates() {
+        // Last window 725:728:725; now 725 and 729 run, 726 was read, 727 finished below
+        // the read's xmin, 728 finished above it and settles.
+        let s = Statuses {
+            after: Some((728, vec![725])),
+            horizon: 730,
+            in_progress: vec![725, 729],
+            replayed: 100,
+        };
+        let mut settling = HashMap::new();
+        let w = s.window(&seen(&[726], 725, 100), &mut settling);
+        assert_eq!(w, "725:730:725,728,729");
+        assert_eq!(settling, HashMap::from([(728, 100)]));
+        // Replay has not moved: 728 still settles.
+        let s = Statuses {
+            after: Some((730, vec![725, 728, 729])),
+            horizon: 730,
+            in_progress: vec![725, 729],
+            replayed: 100,
+        };
+        assert_eq!(
+            s.window(&seen(&[], 725, 100), &mut settling),
+            "725:730:725,728,729"
+        );
+        // Replay moved past: a read that still misses 728 closes it; 725 is read.
+        let s = Statuses { replayed: 101, ..s };
+        assert_eq!(
+            s.window(&seen(&[725], 729, 101), &mut settling),
+            "729:730:729"
+        );
+        assert!(settling.is_empty());
+        assert_eq!(parse("729:730:729"), Some((730, vec![729])));
         assert_eq!(parse("730:730:"), Some((730, vec![])));
         assert_eq!(parse("garbage"), None);
     }

@@ -32,7 +32,7 @@
 //! is durable, so an outage loses nothing unless pruning removed rows the reader had not read
 //! yet, which is reported as a [`Delivery::Gap`].
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,6 +138,9 @@ struct State {
     /// The last read found changes: while they flow, the next read follows after
     /// [`BUSY_READ_GAP`] instead of the full `tail_interval`.
     busy: bool,
+    /// On a standby: transactions kept open until their commit is surely replayed (see
+    /// [`standby`]).
+    settling: HashMap<i64, u64>,
 }
 
 impl Reader {
@@ -153,6 +156,7 @@ impl Reader {
             last_watermark: None,
             watermark_pending: false,
             busy: false,
+            settling: HashMap::new(),
         };
         info!(
             mode = self.cfg.mode.as_str(),
@@ -214,7 +218,7 @@ impl Reader {
                     // Everything in progress now is left open for the first read.
                     Some(status) => standby::statuses(&client, status, None)
                         .await?
-                        .map(|s| s.window(&HashSet::new()))
+                        .map(|s| s.window(&standby::ReadSeen::default(), &mut state.settling))
                         .ok_or_else(|| ReadError::Snapshot(String::new()))?,
                     None => {
                         let row = client
@@ -335,14 +339,14 @@ impl Reader {
         }
         let mut last_tx = None;
         let mut newest = None;
-        let mut read_xids = HashSet::new();
+        let mut seen = standby::ReadSeen::default();
         for row in &rows {
             let Some(seq) = row.try_get::<_, Option<i64>>(2)? else {
                 continue; // no change: the one row that only carries the snapshot
             };
             if statuses.is_some() {
                 let xid: String = row.try_get(10)?;
-                read_xids.insert(
+                seen.xids.insert(
                     xid.parse::<i64>()
                         .map_err(|_| ReadError::Snapshot(xid.clone()))?,
                 );
@@ -381,7 +385,15 @@ impl Reader {
             );
         }
         if let Some(s) = &statuses {
-            now = s.window(&read_xids);
+            seen.xmin = snapshot_xmin(&now)
+                .and_then(|x| i64::try_from(x).ok())
+                .ok_or_else(|| ReadError::Snapshot(now.clone()))?;
+            let replayed: Option<String> = first.try_get(11)?;
+            seen.replayed = replayed
+                .as_deref()
+                .and_then(db::standby::parse_lsn)
+                .unwrap_or(0);
+            now = s.window(&seen, &mut state.settling);
         }
         if let Some(until) = state.settling_until {
             if snapshot_xmin(&now).is_some_and(|xmin| xmin >= until) {
