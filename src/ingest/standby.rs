@@ -15,12 +15,14 @@
 //!
 //! Before each read, one statement asks the standby which candidate transactions are still
 //! in progress (`pg_xact_status`): those the last window left open, and every xid from the
-//! last window's upper bound up to the standby's current `xmax` (the *horizon*, at most
-//! [`STEP`] ahead). The read that follows takes its own snapshot later and is bounded by
-//! `xid < horizon`. A candidate is then:
+//! last window's upper bound up to the standby's current `xmax` (the *horizon*). The read
+//! that follows takes its own snapshot later and, as on a primary, returns every transaction
+//! of the window it sees committed. (Bounding it by xid would break commit order: a
+//! transaction can take its xid before another and commit after it.) A candidate is then:
 //!
 //! - *read*, when the read returned its rows: it is closed;
-//! - *open*, when it was still in progress when asked: it is kept for the next window;
+//! - *open*, when it was still in progress when asked, or took its xid after the question:
+//!   it is kept for the next window;
 //! - *done*, when it is below the read snapshot's `xmin`: that snapshot saw it finished, so
 //!   had it committed rows, the read would have returned them;
 //! - otherwise *settling*: it had finished when asked, but a standby marks a commit in the
@@ -30,7 +32,7 @@
 //!   (replay finishes records in order, so the commit record is then fully replayed), and
 //!   one more read has missed it: then it committed no rows.
 //!
-//! The window that results, `xmin:horizon:open…`, is written as an ordinary snapshot text:
+//! The window that results, `xmin:xmax:open…` with the read snapshot's `xmax`, is written as an ordinary snapshot text:
 //! for every transaction that wrote to the change log it says "read" exactly when the reader
 //! has handed it on, which is all the reader, its resumption after a lost session, gap
 //! detection and server-sent event positions need from a snapshot. Every statement here runs
@@ -49,18 +51,14 @@ use crate::db::standby;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
-/// The most xids one window's status check looks at: after a long outage the reader
-/// catches up in windows of this many xids rather than one huge one.
-pub const STEP: i64 = 10_000;
-
 /// Which candidates are still in progress, the horizon below which every xid was checked, and
 /// the standby's replay position. `$1`: the open xids of the last window; `$2`: its upper
-/// bound (NULL at start: the statement's own xmin); `$3`: [`STEP`].
+/// bound (NULL at start: the statement's own xmin).
 pub const STATUS_SQL: &str = "\
 WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, \
                   pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax), \
      b AS (SELECT coalesce($2::bigint, s.xmin) AS lo, s.xmax FROM s), \
-     r AS (SELECT b.lo, greatest(b.lo, least(b.xmax, b.lo + $3::bigint)) AS horizon FROM b) \
+     r AS (SELECT b.lo, greatest(b.lo, b.xmax) AS horizon FROM b) \
 SELECT r.horizon, \
        ARRAY(SELECT c FROM (SELECT unnest($1::bigint[]) AS c \
                             UNION SELECT generate_series(r.lo, r.horizon - 1)) AS cand \
@@ -68,8 +66,8 @@ SELECT r.horizon, \
        pg_last_wal_replay_lsn()::text \
 FROM r";
 
-/// The tail reader's read on a standby: `tail::READ_SQL` bounded by the horizon (`$3`), with
-/// each row's xid (column 10), and the replay position during the read (column 11).
+/// The tail reader's read on a standby: `tail::READ_SQL` with each row's xid (column 10), and
+/// the replay position during the read (column 11).
 pub const READ_SQL: &str = "\
 SELECT pg_current_snapshot()::text, \
        (SELECT notify FROM pgrelay.ingest_state), \
@@ -80,7 +78,6 @@ LEFT JOIN LATERAL ( \
     SELECT l.*, max(l.seq) OVER (PARTITION BY l.xid) AS txmax \
     FROM pgrelay.change_log l \
     WHERE (l.xid >= $1::text::xid8 OR l.xid = ANY ($2::text::xid8[])) \
-      AND l.xid < $3::text::xid8 \
 ) c ON true \
 ORDER BY c.txmax, c.seq";
 
@@ -102,8 +99,9 @@ pub struct Statuses {
 pub struct ReadSeen {
     /// The xids whose rows the read returned.
     pub xids: HashSet<i64>,
-    /// The read snapshot's xmin.
+    /// The read snapshot's xmin and xmax.
     pub xmin: i64,
+    pub xmax: i64,
     /// The standby's replay position during the read.
     pub replayed: u64,
 }
@@ -112,18 +110,24 @@ impl Statuses {
     /// The window the read closes. `settling` maps each settling xid to the replay position
     /// during the read that first missed it; it is kept across windows.
     pub fn window(&self, read: &ReadSeen, settling: &mut HashMap<i64, u64>) -> String {
+        let upper = self.horizon.max(read.xmax);
         let mut open: BTreeSet<i64> = self
             .in_progress
             .iter()
             .copied()
-            .filter(|x| !read.xids.contains(x) && *x < self.horizon)
+            .filter(|x| !read.xids.contains(x) && *x >= read.xmin)
             .collect();
         if let Some((lo, prev_open)) = &self.after {
             let in_progress: HashSet<i64> = self.in_progress.iter().copied().collect();
-            let fresh = (*lo).max(read.xmin)..self.horizon;
+            let fresh = (*lo).max(read.xmin)..upper;
             let candidates = prev_open.iter().copied().chain(fresh);
             for x in candidates {
                 if x < read.xmin || read.xids.contains(&x) || in_progress.contains(&x) {
+                    continue;
+                }
+                if x >= self.horizon {
+                    // Took its xid after the question: asked about next time.
+                    open.insert(x);
                     continue;
                 }
                 match settling.get(&x) {
@@ -140,9 +144,9 @@ impl Statuses {
             }
         }
         settling.retain(|x, _| open.contains(x));
-        let xmin = open.first().copied().unwrap_or(self.horizon);
+        let xmin = open.first().copied().unwrap_or(upper);
         let xip: Vec<String> = open.iter().map(i64::to_string).collect();
-        format!("{xmin}:{}:{}", self.horizon, xip.join(","))
+        format!("{xmin}:{upper}:{}", xip.join(","))
     }
 }
 
@@ -164,7 +168,7 @@ pub async fn statuses(
         Some((lo, open)) => (Some(*lo), open.clone()),
         None => (None, Vec::new()),
     };
-    let row = client.query_one(stmt, &[&open, &lo, &STEP]).await?;
+    let row = client.query_one(stmt, &[&open, &lo]).await?;
     let replayed: Option<String> = row.try_get(2)?;
     Ok(Some(Statuses {
         after,
@@ -287,6 +291,7 @@ mod tests {
         ReadSeen {
             xids: xids.iter().copied().collect(),
             xmin,
+            xmax: 730,
             replayed,
         }
     }
@@ -339,6 +344,19 @@ mod tests {
             "729:730:729"
         );
         assert!(settling.is_empty());
+        // The read's snapshot is newer than the question: 730 and 731 were not asked about;
+        // 731 was read, 730 stays open.
+        let s = Statuses {
+            after: Some((730, vec![729])),
+            horizon: 730,
+            in_progress: vec![],
+            replayed: 101,
+        };
+        let read = ReadSeen {
+            xmax: 732,
+            ..seen(&[729, 731], 729, 101)
+        };
+        assert_eq!(s.window(&read, &mut settling), "730:732:730");
         assert_eq!(parse("729:730:729"), Some((730, vec![729])));
         assert_eq!(parse("730:730:"), Some((730, vec![])));
         assert_eq!(parse("garbage"), None);

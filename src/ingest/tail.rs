@@ -318,13 +318,7 @@ impl Reader {
             ),
             None => None,
         };
-        let rows = match &statuses {
-            Some(s) => {
-                let horizon = s.horizon.to_string();
-                client.query(stmt, &[&xmax, &xip, &horizon]).await?
-            }
-            None => client.query(stmt, &[&xmax, &xip]).await?,
-        };
+        let rows = client.query(stmt, &[&xmax, &xip]).await?;
         Metrics::inc(&self.metrics.ingest_reads_total);
         let Some(first) = rows.first() else {
             return Ok(());
@@ -385,9 +379,10 @@ impl Reader {
             );
         }
         if let Some(s) = &statuses {
-            seen.xmin = snapshot_xmin(&now)
-                .and_then(|x| i64::try_from(x).ok())
-                .ok_or_else(|| ReadError::Snapshot(now.clone()))?;
+            let bound = |x: Option<u64>| x.and_then(|x| i64::try_from(x).ok());
+            let bad = || ReadError::Snapshot(now.clone());
+            seen.xmin = bound(snapshot_xmin(&now)).ok_or_else(bad)?;
+            seen.xmax = bound(snapshot_xmax(&now)).ok_or_else(bad)?;
             let replayed: Option<String> = first.try_get(11)?;
             seen.replayed = replayed
                 .as_deref()
