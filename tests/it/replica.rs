@@ -520,3 +520,113 @@ async fn a_read_url_that_is_not_a_standby_stops_the_start_with_one_line() {
         .get(0);
     assert!(!migrated);
 }
+
+/// Four writers update eight rows on the primary, in one- and two-row transactions, while a
+/// transaction stays open across many of their commits: through the standby, each row's
+/// updates arrive exactly once and in commit order (boost_count 1, 2, 3, …).
+#[tokio::test]
+async fn concurrent_writes_arrive_once_and_in_order_through_a_standby() {
+    let Some(clusters) = Clusters::start() else {
+        eprintln!(
+            "skipped: the PostgreSQL server programs (initdb, pg_basebackup) are not installed"
+        );
+        return;
+    };
+    let admin = connect(&clusters.url(clusters.primary_port, "postgres")).await;
+    admin.batch_execute("CREATE DATABASE relay").await.unwrap();
+    let write_url = clusters.url(clusters.primary_port, "relay");
+    let read_url = clusters.url(clusters.standby_port, "relay");
+    let _ = wait_connect(&read_url).await;
+    let (mut child, addr, _) = spawn_relay(&write_url, &read_url).await;
+    let primary = connect(&write_url).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let row = primary
+            .query_one(
+                "INSERT INTO polls (question) VALUES ($1) RETURNING id",
+                &[&format!("hot {i}")],
+            )
+            .await
+            .unwrap();
+        ids.push(row.get::<_, i64>(0));
+    }
+    let url = format!("ws://{addr}/realtime/v1/websocket?apikey=test&vsn=2.0.0");
+    let mut ws = Ws::connect(&url, "2.0.0").await;
+    ws.subscribe(
+        "realtime:hot",
+        json!([{"event":"UPDATE","schema":"public","table":"polls"}]),
+    )
+    .await;
+
+    let mut long = connect(&write_url).await;
+    let open = long.transaction().await.unwrap();
+    open.execute(
+        "UPDATE polls SET boost_count = boost_count + 1 WHERE id = $1",
+        &[&ids[7]],
+    )
+    .await
+    .unwrap();
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let (url, ids) = (write_url.clone(), ids.clone());
+        writers.push(tokio::spawn(async move {
+            let mut db = connect(&url).await;
+            for i in 0..150usize {
+                // Row 7 is locked by the open transaction until the writers are done.
+                let a = ids[(w + i) % 7];
+                let b = ids[(w + 3 * i + 1) % 7];
+                let tx = db.transaction().await.unwrap();
+                for id in [a.min(b), a.max(b)]
+                    .into_iter()
+                    .take(if i % 3 == 0 { 2 } else { 1 })
+                {
+                    tx.execute(
+                        "UPDATE polls SET boost_count = boost_count + 1 WHERE id = $1",
+                        &[&id],
+                    )
+                    .await
+                    .unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    open.commit().await.unwrap();
+    let mut want = std::collections::BTreeMap::new();
+    for id in &ids {
+        let n: i32 = primary
+            .query_one("SELECT boost_count FROM polls WHERE id = $1", &[id])
+            .await
+            .unwrap()
+            .get(0);
+        want.insert(*id, n);
+    }
+    let total: i32 = want.values().sum();
+    let mut seen: std::collections::BTreeMap<i64, Vec<i64>> = std::collections::BTreeMap::new();
+    for got in 0..total {
+        let Some(f) = ws.try_recv(Duration::from_secs(60)).await else {
+            panic!("stalled after {got} of {total} updates");
+        };
+        assert_eq!(f.event, "postgres_changes", "{f:?}");
+        let rec = &f.payload["data"]["record"];
+        let old = &f.payload["data"]["old_record"];
+        let (id, boost) = (
+            rec["id"].as_i64().unwrap(),
+            rec["boost_count"].as_i64().unwrap(),
+        );
+        assert_eq!(old["boost_count"].as_i64().unwrap(), boost - 1, "row {id}");
+        seen.entry(id).or_default().push(boost);
+    }
+    if let Some(extra) = ws.try_recv(Duration::from_millis(1500)).await {
+        panic!("more than {total} updates: {extra:?}");
+    }
+    for (id, n) in want {
+        let expected: Vec<i64> = (1..=i64::from(n)).collect();
+        assert_eq!(seen.remove(&id).unwrap_or_default(), expected, "row {id}");
+    }
+    let _ = child.kill().await;
+    drop(clusters);
+}
