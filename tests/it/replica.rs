@@ -1,255 +1,15 @@
 //! Changes from a hot standby (`PGRELAY_READ_URL`): a private primary and a standby made with
 //! `pg_basebackup -R`, a real relay process writing to the one and reading from the other.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod cluster;
+
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::api::{hold, request, vote};
 use crate::support::*;
-
-/// A primary and its streaming standby in a temporary directory; both are stopped
-/// (`pg_ctl stop -m immediate`) and the directory removed when this is dropped, whatever the
-/// test did.
-struct Clusters {
-    dir: PathBuf,
-    bin: PathBuf,
-    as_postgres: bool,
-    primary_port: u16,
-    standby_port: u16,
-}
-
-impl Clusters {
-    /// `None` when the PostgreSQL server programs are not installed.
-    fn start() -> Option<Clusters> {
-        let bins = pgrelay::db::pginstance::Binaries::find()?;
-        // `initdb` on PATH may be a link into the server's own directory, which also holds
-        // pg_basebackup.
-        let initdb = std::fs::canonicalize(&bins.initdb).ok()?;
-        let bin = initdb.parent()?.to_path_buf();
-        if !bin.join("pg_basebackup").is_file() {
-            return None;
-        }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir =
-            std::env::temp_dir().join(format!("pgrelay-replica-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // initdb refuses root: as root the clusters belong to the `postgres` OS user.
-        let as_postgres = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-        let clusters = Clusters {
-            primary_port: free_port(),
-            standby_port: free_port(),
-            dir,
-            bin,
-            as_postgres,
-        };
-        if as_postgres {
-            clusters.run(Command::new("chown").args(["postgres"]).arg(&clusters.dir));
-        }
-        let primary = clusters.dir.join("primary");
-        let standby = clusters.dir.join("standby");
-        clusters.pg(
-            "initdb",
-            &[
-                "-D",
-                s(&primary),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-            ],
-        );
-        append(
-            &primary.join("postgresql.conf"),
-            &format!(
-                "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-                 wal_level = replica\nmax_wal_senders = 4\nfsync = off\n",
-                clusters.primary_port,
-                clusters.dir.display()
-            ),
-        );
-        append(
-            &primary.join("pg_hba.conf"),
-            "host replication postgres 127.0.0.1/32 trust\n",
-        );
-        let log = clusters.dir.join("primary.log");
-        clusters.pg("pg_ctl", &["-D", s(&primary), "-l", s(&log), "-w", "start"]);
-        let port = clusters.primary_port.to_string();
-        clusters.pg(
-            "pg_basebackup",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-D",
-                s(&standby),
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-            ],
-        );
-        append(
-            &standby.join("postgresql.conf"),
-            &format!("port = {}\n", clusters.standby_port),
-        );
-        let log = clusters.dir.join("standby.log");
-        clusters.pg("pg_ctl", &["-D", s(&standby), "-l", s(&log), "-w", "start"]);
-        Some(clusters)
-    }
-
-    fn url(&self, port: u16, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{port}/{db}")
-    }
-
-    fn pg(&self, program: &str, args: &[&str]) {
-        let path = self.bin.join(program);
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        };
-        cmd.args(args);
-        self.run(&mut cmd);
-    }
-
-    fn run(&self, cmd: &mut Command) {
-        let out = cmd.stdin(Stdio::null()).output().expect("run");
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Clusters {
-    fn drop(&mut self) {
-        for data in ["standby", "primary"] {
-            let data = self.dir.join(data);
-            if data.join("postmaster.pid").exists() {
-                let path = self.bin.join("pg_ctl");
-                let mut cmd = if self.as_postgres {
-                    let mut c = Command::new("runuser");
-                    c.args(["-u", "postgres", "--"]).arg(path);
-                    c
-                } else {
-                    Command::new(path)
-                };
-                let _ = cmd
-                    .args(["-D", s(&data), "-m", "immediate", "-w", "stop"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn append(path: &Path, text: &str) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Wait until `url` answers (the standby has replayed the database's creation).
-async fn wait_connect(url: &str) -> tokio_postgres::Client {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
-            Ok((client, conn)) => {
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                return client;
-            }
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "{url}: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// The relay binary with `DATABASE_URL` and `PGRELAY_READ_URL`; its address, once ready, and
-/// its log lines.
-async fn spawn_relay(
-    write: &str,
-    read: &str,
-) -> (
-    tokio::process::Child,
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", write)
-        .env("PGRELAY_READ_URL", read)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn relay");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.lock().unwrap().push(line.clone());
-            if let Some(rest) = line.split("pgrelay listening addr=").nth(1) {
-                return rest.split_whitespace().next().and_then(|a| a.parse().ok());
-            }
-        }
-        None
-    })
-    .await
-    .expect("relay started in time")
-    .expect("listening line");
-    let sink = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while http_get(addr, "/ready").await.0 != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "relay never ready: {:#?}",
-            log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (child, addr, log)
-}
+use cluster::wait_connect;
 
 async fn application_names(db: &tokio_postgres::Client, database: &str) -> Vec<String> {
     db.query(
@@ -266,18 +26,14 @@ async fn application_names(db: &tokio_postgres::Client, database: &str) -> Vec<S
 
 #[tokio::test]
 async fn a_standby_serves_changes_to_a_relay_that_writes_to_the_primary() {
-    let Some(clusters) = Clusters::start() else {
-        eprintln!(
-            "skipped: the PostgreSQL server programs (initdb, pg_basebackup) are not installed"
-        );
+    let Some(mut started) = cluster::start().await else {
         return;
     };
-    let admin = connect(&clusters.url(clusters.primary_port, "postgres")).await;
-    admin.batch_execute("CREATE DATABASE relay").await.unwrap();
-    let write_url = clusters.url(clusters.primary_port, "relay");
-    let read_url = clusters.url(clusters.standby_port, "relay");
-    let standby = wait_connect(&read_url).await;
-    let (mut child, addr, log) = spawn_relay(&write_url, &read_url).await;
+    let (write_url, addr) = (started.write_url.clone(), started.addr);
+    let (primary_port, standby_port) =
+        (started.clusters.primary_port, started.clusters.standby_port);
+    let standby = wait_connect(&started.read_url).await;
+    let log = started.log.clone();
     let primary = connect(&write_url).await;
 
     // One line says where reads and writes go, without passwords.
@@ -287,8 +43,8 @@ async fn a_standby_serves_changes_to_a_relay_that_writes_to_the_primary() {
         .find(|l| l.contains("databases: writes"))
         .expect("a line naming the databases");
     assert!(
-        roles.contains(&format!("writes=127.0.0.1:{}/relay", clusters.primary_port))
-            && roles.contains(&format!("reads=127.0.0.1:{}/relay", clusters.standby_port)),
+        roles.contains(&format!("writes=127.0.0.1:{}/relay", primary_port))
+            && roles.contains(&format!("reads=127.0.0.1:{}/relay", standby_port)),
         "{roles}"
     );
     assert!(
@@ -482,8 +238,7 @@ async fn a_standby_serves_changes_to_a_relay_that_writes_to_the_primary() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = child.kill().await;
-    drop(clusters);
+    let _ = started.child.kill().await;
 }
 
 #[tokio::test]
@@ -526,18 +281,10 @@ async fn a_read_url_that_is_not_a_standby_stops_the_start_with_one_line() {
 /// updates arrive exactly once and in commit order (boost_count 1, 2, 3, …).
 #[tokio::test]
 async fn concurrent_writes_arrive_once_and_in_order_through_a_standby() {
-    let Some(clusters) = Clusters::start() else {
-        eprintln!(
-            "skipped: the PostgreSQL server programs (initdb, pg_basebackup) are not installed"
-        );
+    let Some(mut started) = cluster::start().await else {
         return;
     };
-    let admin = connect(&clusters.url(clusters.primary_port, "postgres")).await;
-    admin.batch_execute("CREATE DATABASE relay").await.unwrap();
-    let write_url = clusters.url(clusters.primary_port, "relay");
-    let read_url = clusters.url(clusters.standby_port, "relay");
-    let _ = wait_connect(&read_url).await;
-    let (mut child, addr, _) = spawn_relay(&write_url, &read_url).await;
+    let (write_url, addr) = (started.write_url.clone(), started.addr);
     let primary = connect(&write_url).await;
     let mut ids = Vec::new();
     for i in 0..8 {
@@ -627,6 +374,5 @@ async fn concurrent_writes_arrive_once_and_in_order_through_a_standby() {
         let expected: Vec<i64> = (1..=i64::from(n)).collect();
         assert_eq!(seen.remove(&id).unwrap_or_default(), expected, "row {id}");
     }
-    let _ = child.kill().await;
-    drop(clusters);
+    let _ = started.child.kill().await;
 }
