@@ -85,7 +85,7 @@ pub struct DatabaseArgs {
     /// A hot standby of DATABASE_URL to read from: changes (the change log, tailed), the
     /// catalog, live topics, read policies, event streams and the JSON API's reads. Writes
     /// still go to DATABASE_URL. Unset: everything uses DATABASE_URL.
-    #[arg(long, env = "PGRELAY_READ_URL", hide_env_values = true)]
+    #[arg(long, env = "PGRELAY_READ_URL", hide_env_values = true, global = true)]
     pub read_url: Option<String>,
 }
 
@@ -568,6 +568,16 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn read_url_is_optional_and_accepted_after_the_command() {
+        assert_eq!(Cli::parse_from(["pgrelay"]).database.read_url, None);
+        let cli = Cli::parse_from(["pgrelay", "serve", "--read-url", "postgres://standby/app"]);
+        assert_eq!(
+            cli.database.read_url.as_deref(),
+            Some("postgres://standby/app")
+        );
     }
 
     #[test]
