@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::api::{hold, request, vote};
+use crate::api::{get, hold, request, vote};
 use crate::support::*;
 use cluster::wait_connect;
 
@@ -236,6 +236,101 @@ async fn a_standby_serves_changes_to_a_relay_that_writes_to_the_primary() {
             tokio::time::Instant::now() < deadline,
             "lag {lag} s, {bytes} bytes"
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = started.child.kill().await;
+}
+
+/// While the standby lags (replay paused), changes wait, /metrics shows the lag, writes
+/// through the relay still succeed on the primary and a read right after does not see them;
+/// once replay resumes, every change arrives, in commit order, and the read sees the write.
+#[tokio::test]
+async fn during_lag_changes_wait_and_then_arrive_in_order() {
+    let Some(mut started) = cluster::start().await else {
+        return;
+    };
+    let addr = started.addr;
+    let primary = connect(&started.write_url).await;
+    let standby = wait_connect(&started.read_url).await;
+    let url = format!("ws://{addr}/realtime/v1/websocket?apikey=test&vsn=2.0.0");
+    let mut ws = Ws::connect(&url, "2.0.0").await;
+    ws.subscribe(
+        "realtime:lag",
+        json!([{"event":"*","schema":"public","table":"polls"}]),
+    )
+    .await;
+
+    standby
+        .execute("SELECT pg_wal_replay_pause()", &[])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for q in ["First?", "Second?", "Third?"] {
+        let row = primary
+            .query_one(
+                "INSERT INTO polls (question, status) VALUES ($1, 'active') RETURNING id",
+                &[&q],
+            )
+            .await
+            .unwrap();
+        ids.push(row.get::<_, i64>(0));
+    }
+    let first = ids[0];
+    let (status, body, _) = request(
+        addr,
+        "POST",
+        &format!("/api/v1/polls/{first}/boost"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "writes still go to the primary: {body}");
+    let (status, body) = get(addr, &format!("/api/v1/polls/{first}")).await;
+    assert_eq!(
+        status, 404,
+        "the standby has not replayed the poll yet: {body}"
+    );
+    ws.expect_silence(Duration::from_millis(1500)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http_get(addr, "/metrics").await;
+        let lag = metric(&body, "pgrelay_replica_lag_seconds");
+        if lag >= 1.0 && metric(&body, "pgrelay_replica_lag_bytes") > 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no lag shown: {lag}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    standby
+        .execute("SELECT pg_wal_replay_resume()", &[])
+        .await
+        .unwrap();
+    for (id, q) in ids.iter().zip(["First?", "Second?", "Third?"]) {
+        let f = ws.recv_event("postgres_changes").await;
+        let data = &f.payload["data"];
+        assert_eq!(data["type"], "INSERT", "{data}");
+        assert_eq!(data["record"]["id"], json!(id));
+        assert_eq!(data["record"]["question"], q);
+    }
+    let f = ws.recv_event("postgres_changes").await;
+    let data = &f.payload["data"];
+    assert_eq!(data["type"], "UPDATE", "{data}");
+    assert_eq!(data["record"]["id"], json!(first));
+    assert_eq!(data["record"]["boost_count"], 1);
+    let (status, body) = get(addr, &format!("/api/v1/polls/{first}")).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http_get(addr, "/metrics").await;
+        let lag = metric(&body, "pgrelay_replica_lag_seconds");
+        if lag < 1.0 && metric(&body, "pgrelay_replica_lag_bytes") == 0.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lag stays {lag}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _ = started.child.kill().await;
