@@ -89,6 +89,12 @@ pub struct DatabaseArgs {
     /// Connections in the pool used for everything but LISTEN (catalog reads, change-log reads).
     #[arg(long, env = "PGRELAY_POOL_SIZE", default_value_t = 8, global = true)]
     pub pool_size: usize,
+
+    /// A hot standby of DATABASE_URL to read from: changes (the change log, tailed), the
+    /// catalog, live topics, read policies, event streams and the JSON API's reads. Writes
+    /// still go to DATABASE_URL. Unset: everything uses DATABASE_URL.
+    #[arg(long, env = "PGRELAY_READ_URL", hide_env_values = true, global = true)]
+    pub read_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -438,6 +444,9 @@ impl Default for Limits {
 pub struct Config {
     pub database_url: String,
     pub pool_size: usize,
+    /// `PGRELAY_READ_URL`: a hot standby that changes and reads come from (`None`: the
+    /// primary, `database_url`, does everything).
+    pub read_url: Option<String>,
     pub channel: String,
     pub triggers_dir: Option<PathBuf>,
     /// How long to keep retrying an unreachable database at startup; `None`: for ever.
@@ -475,6 +484,7 @@ impl Config {
         Config {
             database_url: database_url.into(),
             pool_size: 8,
+            read_url: None,
             channel: "pgrelay".to_owned(),
             triggers_dir: None,
             startup_timeout: Some(Duration::ZERO),
@@ -593,6 +603,16 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn read_url_is_optional_and_accepted_after_the_command() {
+        assert_eq!(Cli::parse_from(["pgrelay"]).database.read_url, None);
+        let cli = Cli::parse_from(["pgrelay", "serve", "--read-url", "postgres://standby/app"]);
+        assert_eq!(
+            cli.database.read_url.as_deref(),
+            Some("postgres://standby/app")
+        );
     }
 
     #[test]

@@ -73,12 +73,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // An explicitly configured database may still be starting (a compose service): wait for
     // it. The built-in default is a developer's local server: say at once if it is not there.
     let explicit = db.database_url.is_some();
+    let read_url = db.read_url.filter(|u| !u.is_empty());
     let url = db
         .database_url
         .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
     match cli.command {
-        None => serve(url, explicit, db.pool_size, ServeArgs::parse_default()).await,
-        Some(Command::Serve(args)) => serve(url, explicit, db.pool_size, args).await,
+        None => {
+            let args = ServeArgs::parse_default();
+            serve(url, explicit, read_url, db.pool_size, args).await
+        }
+        Some(Command::Serve(args)) => serve(url, explicit, read_url, db.pool_size, args).await,
         Some(Command::Migrate) => {
             let url = database(url, explicit).await?;
             let pool = db::connect_pool(&url, 1).await?;
@@ -201,6 +205,7 @@ fn startup_timeout(configured: Option<Timeout>, explicit_url: bool) -> Option<Du
 async fn serve(
     database_url: String,
     explicit_url: bool,
+    read_url: Option<String>,
     pool_size: usize,
     args: ServeArgs,
 ) -> anyhow::Result<()> {
@@ -223,6 +228,7 @@ async fn serve(
     let config = Config {
         database_url,
         pool_size,
+        read_url,
         channel: args.triggers.channel,
         triggers_dir: args.triggers.triggers_dir,
         startup_timeout: startup_timeout(args.startup_timeout, explicit_url),

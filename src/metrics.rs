@@ -100,6 +100,13 @@ pub struct Metrics {
     /// Most frames ever waiting in one socket's queue.
     pub queue_high_water: AtomicU64,
     pub commit_to_send: Histogram,
+    /// 1 when changes are read from a standby (`PGRELAY_READ_URL`): the replica figures below
+    /// are rendered only then.
+    pub replica: AtomicU64,
+    /// How long ago the primary first had WAL the standby has not replayed, in µs.
+    pub replica_lag_micros: AtomicU64,
+    /// WAL bytes between the primary's position and the standby's replay position.
+    pub replica_lag_bytes: AtomicU64,
 }
 
 /// Figures read at scrape time rather than counted.
@@ -321,6 +328,20 @@ impl Metrics {
             "pgrelay_commit_to_send_seconds",
             "Time from the row change (commit_timestamp) to its frames being queued.",
         );
+        if self.replica.load(Ordering::Relaxed) == 1 {
+            gauge(
+                &mut out,
+                "pgrelay_replica_lag_seconds",
+                "How long ago the primary first had WAL that the standby (PGRELAY_READ_URL) has not replayed; 0 when caught up, even if the primary is idle.",
+                self.replica_lag_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            );
+            gauge(
+                &mut out,
+                "pgrelay_replica_lag_bytes",
+                "WAL bytes the standby (PGRELAY_READ_URL) has yet to replay.",
+                self.replica_lag_bytes.load(Ordering::Relaxed) as f64,
+            );
+        }
         out
     }
 }

@@ -15,6 +15,7 @@ pub mod cleanup;
 pub mod demo;
 pub mod home;
 pub mod pginstance;
+pub mod standby;
 pub mod uninstall;
 
 use std::path::{Path, PathBuf};

@@ -22,7 +22,12 @@ pub(crate) struct Relay {
     pub(crate) router: Arc<Router>,
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Writes, and everything when no standby is configured: `DATABASE_URL`.
     pub(crate) pool: deadpool_postgres::Pool,
+    /// Reads: the standby `PGRELAY_READ_URL` when set, else the same pool as `pool`.
+    pub(crate) read_pool: deadpool_postgres::Pool,
+    /// Changes come from a standby: no LISTEN session, the reader tails the standby.
+    pub(crate) standby: bool,
     pub(crate) limits: Arc<Limits>,
     /// Which web pages may call (`PGRELAY_ALLOWED_ORIGINS`).
     pub(crate) origins: Arc<crate::http::origin::Origins>,
@@ -58,7 +63,7 @@ pub(crate) struct Relay {
 
 impl Relay {
     pub(crate) fn is_ready(&self) -> bool {
-        *self.started.borrow() && *self.listening.borrow()
+        *self.started.borrow() && (*self.listening.borrow() || self.standby)
     }
 
     /// The identity of an HTTP request (`Authorization: Bearer`, else an `apikey` parameter);

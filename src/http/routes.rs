@@ -180,6 +180,7 @@ pub(crate) fn routes(
         .or(throttle::boost_guard(relay.clone()))
         .or(crate::http::api::routes(
             relay.pool.clone(),
+            relay.read_pool.clone(),
             relay.auth.clone(),
         ));
     preflight
@@ -237,7 +238,7 @@ async fn server_sent_events(
         .map(|c| Duration::from_secs(u64::try_from(c.exp - crate::auth::now()).unwrap_or(0)));
     let last_word = tx.clone();
     let feeder = sse::stream(
-        relay.pool.clone(),
+        relay.read_pool.clone(),
         relay.catalog.clone(),
         binding,
         start,

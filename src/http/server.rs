@@ -17,14 +17,16 @@ use tracing::{info, warn};
 
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::config::IngestMode;
 use crate::db::cleanup;
-use crate::db::{self, DbError};
+use crate::db::{self, standby, DbError};
 use crate::http::listen;
 use crate::http::origin::Origins;
 use crate::http::relay::Relay;
 use crate::http::throttle::Throttle;
 use crate::ingest::change::Catalog;
 use crate::ingest::listener::{self, ListenerConfig};
+use crate::ingest::standby as standby_ingest;
 use crate::ingest::tail::{Reader, ReaderConfig};
 use crate::metrics::Metrics;
 use crate::protocol::TOPIC_PREFIX;
@@ -78,6 +80,15 @@ pub async fn run(
     no_delay(&listener);
     listen::raise_file_limit(config.limits.max_connections);
     let pool = db::build_pool(&config.database_url, config.pool_size)?;
+    // With PGRELAY_READ_URL, reads go to the standby and writes to DATABASE_URL.
+    let read_pool = match &config.read_url {
+        Some(url) => standby::build_read_pool(url, config.pool_size).map_err(|e| match e {
+            DbError::BadUrl(m) => ServerError::Config(format!("invalid PGRELAY_READ_URL: {m}")),
+            other => other.into(),
+        })?,
+        None => pool.clone(),
+    };
+    log_databases(&config);
     let auth = Verifier::from_config(
         config.jwt_secret.as_deref(),
         config.jwt_public_key.as_deref(),
@@ -94,11 +105,16 @@ pub async fn run(
     }
     let policies = Arc::new(Policies::default());
     let controller = ShutdownController::new();
-    let limits = Arc::new(config.limits.clone());
+    let mut limits = config.limits.clone();
+    if config.read_url.is_some() {
+        // A standby cannot LISTEN: the reader tails it.
+        limits.ingest = IngestMode::Tail;
+    }
+    let limits = Arc::new(limits);
     let metrics = Arc::new(Metrics::default());
     let router = Arc::new(Router::new(metrics.clone()));
     router.batch_presence_diffs(PRESENCE_BATCH_WINDOW);
-    let catalog = Arc::new(Catalog::new(pool.clone()));
+    let catalog = Arc::new(Catalog::new(read_pool.clone()));
     let (started_tx, started) = watch::channel(false);
     let (listening_tx, listening) = watch::channel(false);
     let (watermark_tx, watermark) = watch::channel(None);
@@ -132,6 +148,8 @@ pub async fn run(
         catalog: catalog.clone(),
         metrics: metrics.clone(),
         pool: pool.clone(),
+        read_pool: read_pool.clone(),
+        standby: config.read_url.is_some(),
         limits: limits.clone(),
         metrics_token: config.metrics_token.clone(),
         origins: Arc::new(origins),
@@ -171,6 +189,10 @@ pub async fn run(
 
     let setup = async {
         db::wait_until_reachable(&pool, &config.database_url, config.startup_timeout).await?;
+        if let Some(url) = &config.read_url {
+            let urls = (config.database_url.as_str(), url.as_str());
+            check_standby(&pool, &read_pool, urls, config.startup_timeout).await?;
+        }
         let applied = db::migrate(&pool).await?;
         if !applied.is_empty() {
             info!(migrations = ?applied, "schema migrated");
@@ -178,9 +200,12 @@ pub async fn run(
         let (source, files) =
             db::apply_triggers(&pool, config.triggers_dir.as_deref(), &config.channel).await?;
         info!(source = %source, files, channel = %config.channel, "triggers applied");
-        let n = policies.load(&pool).await?;
+        if let Some(url) = &config.read_url {
+            setup_standby(&pool, &read_pool, url).await?;
+        }
+        let n = policies.load(&read_pool).await?;
         info!(policies = n, "read policies loaded");
-        let live = Arc::new(LiveQueries::load(&pool).await?);
+        let live = Arc::new(LiveQueries::load(&read_pool).await?);
         Ok::<_, ServerError>(live)
     };
     let mut stopping = stop_rx.clone();
@@ -217,6 +242,7 @@ pub async fn run(
             &config,
             &controller,
             &pool,
+            &read_pool,
             router,
             catalog,
             metrics,
@@ -249,12 +275,77 @@ pub async fn run(
     Ok(())
 }
 
+/// One line saying which database the relay writes to and which it reads from (hosts, ports
+/// and database names: never a password).
+fn log_databases(config: &Config) {
+    let describe = |url: &str| {
+        db::pg_config(url)
+            .map(|c| db::describe(&c))
+            .unwrap_or_default()
+    };
+    let writes = describe(&config.database_url);
+    match &config.read_url {
+        Some(url) => info!(
+            writes = %writes,
+            reads = %describe(url),
+            "databases: writes (migrations, holds, votes, profiles, boosts, cleanup, the ingest switch) \
+             go to DATABASE_URL; changes and reads come from the standby PGRELAY_READ_URL"
+        ),
+        None => {
+            info!(writes = %writes, reads = %writes, "databases: reads and writes go to DATABASE_URL")
+        }
+    }
+}
+
+/// With `PGRELAY_READ_URL`, before anything is written: wait for the standby, and prove it
+/// is a standby of the primary.
+async fn check_standby(
+    pool: &deadpool_postgres::Pool,
+    read_pool: &deadpool_postgres::Pool,
+    (database_url, url): (&str, &str),
+    timeout: Option<Duration>,
+) -> Result<(), ServerError> {
+    db::wait_until_reachable(read_pool, url, timeout)
+        .await
+        .map_err(|e| ServerError::Config(format!("PGRELAY_READ_URL: {e}")))?;
+    standby::check(pool, database_url, read_pool, url)
+        .await
+        .map_err(|e| ServerError::Config(e.to_string()))
+}
+
+/// With `PGRELAY_READ_URL`, after migrating: let the standby replay the schema, and turn the
+/// triggers' doorbell off (nobody can LISTEN for it on a standby, and every notifying commit
+/// takes the primary's NOTIFY lock).
+async fn setup_standby(
+    pool: &deadpool_postgres::Pool,
+    read_pool: &deadpool_postgres::Pool,
+    url: &str,
+) -> Result<(), ServerError> {
+    standby::wait_replayed(pool, read_pool, url)
+        .await
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    let client = db::client(pool).await?;
+    let switched = client
+        .execute(
+            "UPDATE pgrelay.ingest_state SET notify = false, changed_at = now(), \
+             changed_by = 'a relay reading a standby' WHERE notify",
+            &[],
+        )
+        .await
+        .map_err(DbError::from)?;
+    if switched > 0 {
+        info!("ingest: the triggers' doorbell is off (a relay reading a standby tails the log)");
+    }
+    Ok(())
+}
+
 /// Start the listener, the change-log reader, the routing loop and the side loops, each tracked for shutdown.
 #[allow(clippy::too_many_arguments)]
 fn start_pipeline(
     config: &Config,
     controller: &ShutdownController,
     pool: &deadpool_postgres::Pool,
+    read_pool: &deadpool_postgres::Pool,
     router: Arc<Router>,
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
@@ -275,12 +366,19 @@ fn start_pipeline(
         channel: config.channel.clone(),
         probe_every: limits.listener_probe,
     };
-    let mut reader_pg = listen_pg;
+    let mut reader_pg = match &config.read_url {
+        Some(url) => standby::read_config(url, "pgrelay reader")?,
+        None => listen_pg,
+    };
     reader_pg.application_name("pgrelay reader");
     // The session runs one query every few milliseconds. A plan cached from its first runs,
     // when the log may be empty, would scan the whole log once it has grown; planned with each
     // read's own bounds, it finds the few new rows through the xid index.
-    reader_pg.options("-c plan_cache_mode=force_custom_plan");
+    reader_pg.options(if config.read_url.is_some() {
+        "-c plan_cache_mode=force_custom_plan -c default_transaction_read_only=on"
+    } else {
+        "-c plan_cache_mode=force_custom_plan"
+    });
     let spawn = |task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
         let tracker = controller.tracker();
         tokio::spawn(async move {
@@ -289,21 +387,38 @@ fn start_pipeline(
         });
     };
     let listening = listening_tx.subscribe();
-    spawn(Box::pin(listener::run(
-        listener_cfg,
-        events_tx,
-        listening_tx,
-        controller.subscribe(),
-    )));
+    if config.read_url.is_none() {
+        spawn(Box::pin(listener::run(
+            listener_cfg,
+            events_tx,
+            listening_tx,
+            controller.subscribe(),
+        )));
+    } else {
+        // No LISTEN session on the primary: the reader tails the standby. Dropping the sender
+        // tells the reader that no doorbell will ring.
+        drop((events_tx, listening_tx));
+        spawn(Box::pin(standby_ingest::run_lag(
+            pool.clone(),
+            read_pool.clone(),
+            metrics.clone(),
+            controller.subscribe(),
+        )));
+    }
     // Ingest hands changes to routing through a bounded queue: routing falling behind makes
     // the reader wait, and the change log holds the rest.
     let (deliveries_tx, deliveries_rx) = mpsc::channel(limits.change_buffer.max(1));
     let reader = Reader {
         cfg: ReaderConfig {
             pg: reader_pg,
-            mode: limits.ingest,
+            mode: if config.read_url.is_some() {
+                IngestMode::Tail
+            } else {
+                limits.ingest
+            },
             tail_interval: limits.tail_interval,
             tail_above: limits.tail_above,
+            standby: config.read_url.is_some(),
         },
         catalog,
         metrics: metrics.clone(),
@@ -314,13 +429,13 @@ fn start_pipeline(
     let deliverer = Deliverer {
         router,
         metrics,
-        pool: pool.clone(),
+        pool: read_pool.clone(),
         live: Some(live.clone()),
         policies: Some(policies),
     };
     spawn(Box::pin(live::run(
         live,
-        pool.clone(),
+        read_pool.clone(),
         router_for_live,
         controller.subscribe(),
     )));

@@ -24,11 +24,15 @@
 //! after turning the doorbell on, the reader keeps tailing until every transaction that was in
 //! progress at the switch has ended, and reads every [`SAFETY_READ`] after that.
 //!
+//! On a hot standby (`PGRELAY_READ_URL`) the mode is `tail` and the windows are built by
+//! [`standby`], because a standby's snapshots do not list the primary's running transactions.
+//!
 //! Lifecycle: `run` loops over sessions (a dedicated connection, not the pool) until shutdown.
 //! A lost session is reconnected with capped backoff and reading resumes from `prev`: the log
 //! is durable, so an outage loses nothing unless pruning removed rows the reader had not read
 //! yet, which is reported as a [`Delivery::Gap`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +44,7 @@ use crate::config::IngestMode;
 use crate::db::{self, LoggedChange};
 use crate::ingest::change::{Catalog, Change};
 use crate::ingest::listener::Event;
+use crate::ingest::standby;
 use crate::ingest::Delivery;
 use crate::metrics::{parse_commit_timestamp, Metrics};
 use crate::shutdown::Shutdown;
@@ -83,6 +88,9 @@ pub struct ReaderConfig {
     pub mode: IngestMode,
     pub tail_interval: Duration,
     pub tail_above: u32,
+    /// `pg` is a hot standby (`PGRELAY_READ_URL`): read with [`standby`]'s windows, never
+    /// write the switch (the relay sets it on the primary), tail whatever the switch says.
+    pub standby: bool,
 }
 
 /// Why a session ended.
@@ -130,6 +138,9 @@ struct State {
     /// The last read found changes: while they flow, the next read follows after
     /// [`BUSY_READ_GAP`] instead of the full `tail_interval`.
     busy: bool,
+    /// On a standby: transactions kept open until their commit is surely replayed (see
+    /// [`standby`]).
+    settling: HashMap<i64, u64>,
 }
 
 impl Reader {
@@ -145,6 +156,7 @@ impl Reader {
             last_watermark: None,
             watermark_pending: false,
             busy: false,
+            settling: HashMap::new(),
         };
         info!(
             mode = self.cfg.mode.as_str(),
@@ -153,6 +165,7 @@ impl Reader {
             "ingest mode {}: {}",
             self.cfg.mode.as_str(),
             match self.cfg.mode {
+                _ if self.cfg.standby => "the relay reads the change log on the hot standby PGRELAY_READ_URL every tail_interval; a standby cannot LISTEN, so the triggers' doorbell is off",
                 IngestMode::Adaptive => "triggers NOTIFY while writes are quiet; above tail_above commits/s the relay tails the change log instead, so notifying commits do not serialize the app's writes",
                 IngestMode::Notify => "every change's transaction NOTIFYs (PGRELAY_INGEST=notify); notifying commits take a cluster-wide lock, which caps write throughput",
                 IngestMode::Tail => "triggers never NOTIFY; the relay reads the change log every tail_interval (PGRELAY_INGEST=tail)",
@@ -193,13 +206,27 @@ impl Reader {
             }
         });
         let _abort = AbortOnDrop(conn);
-        let read = client.prepare(READ_SQL).await?;
+        let (read, status) = if self.cfg.standby {
+            let status = client.prepare(standby::STATUS_SQL).await?;
+            (client.prepare(standby::READ_SQL).await?, Some(status))
+        } else {
+            (client.prepare(READ_SQL).await?, None)
+        };
         match &state.prev {
             None => {
-                let row = client
-                    .query_one("SELECT pg_current_snapshot()::text", &[])
-                    .await?;
-                let snap: String = row.try_get(0)?;
+                let snap = match &status {
+                    // Everything in progress now is left open for the first read.
+                    Some(status) => standby::statuses(&client, status, None)
+                        .await?
+                        .map(|s| s.window(&standby::ReadSeen::default(), &mut state.settling))
+                        .ok_or_else(|| ReadError::Snapshot(String::new()))?,
+                    None => {
+                        let row = client
+                            .query_one("SELECT pg_current_snapshot()::text", &[])
+                            .await?;
+                        row.try_get(0)?
+                    }
+                };
                 state.prev = Some(snap);
                 self.publish(state, true);
             }
@@ -215,6 +242,8 @@ impl Reader {
             }
         }
         match self.cfg.mode {
+            // On a standby the switch is the primary's, set once at start.
+            _ if self.cfg.standby => {}
             IngestMode::Notify => {
                 self.set_doorbell(&client, state, true, "mode notify")
                     .await?
@@ -226,7 +255,7 @@ impl Reader {
             IngestMode::Adaptive => {}
         }
         loop {
-            self.read(&client, &read, state).await?;
+            self.read(&client, &read, status.as_ref(), state).await?;
             if self.cfg.mode == IngestMode::Adaptive {
                 self.adapt(&client, state).await?;
             }
@@ -271,20 +300,30 @@ impl Reader {
     }
 
     /// Read what became visible since `prev` and hand it on, in order.
+    /// `status`: on a standby, [`standby::STATUS_SQL`], asked before the read.
     async fn read(
         &self,
         client: &Client,
         stmt: &Statement,
+        status: Option<&Statement>,
         state: &mut State,
     ) -> Result<(), ReadError> {
         let prev = state.prev.as_deref().unwrap_or("");
         let (xmax, xip) = split_snapshot(prev).ok_or_else(|| ReadError::Snapshot(prev.into()))?;
+        let statuses = match status {
+            Some(status) => Some(
+                standby::statuses(client, status, Some(prev))
+                    .await?
+                    .ok_or_else(|| ReadError::Snapshot(prev.into()))?,
+            ),
+            None => None,
+        };
         let rows = client.query(stmt, &[&xmax, &xip]).await?;
         Metrics::inc(&self.metrics.ingest_reads_total);
         let Some(first) = rows.first() else {
             return Ok(());
         };
-        let now: String = first.try_get(0)?;
+        let mut now: String = first.try_get(0)?;
         if let Ok(Some(flag)) = first.try_get::<_, Option<bool>>(1) {
             // Another relay (or a DBA) may have flipped it.
             state.doorbell = flag;
@@ -294,10 +333,18 @@ impl Reader {
         }
         let mut last_tx = None;
         let mut newest = None;
+        let mut seen = standby::ReadSeen::default();
         for row in &rows {
             let Some(seq) = row.try_get::<_, Option<i64>>(2)? else {
                 continue; // no change: the one row that only carries the snapshot
             };
+            if statuses.is_some() {
+                let xid: String = row.try_get(10)?;
+                seen.xids.insert(
+                    xid.parse::<i64>()
+                        .map_err(|_| ReadError::Snapshot(xid.clone()))?,
+                );
+            }
             let txmax: i64 = row.try_get(9)?;
             if last_tx != Some(txmax) {
                 last_tx = Some(txmax);
@@ -330,6 +377,18 @@ impl Reader {
                 u64::try_from(ts.timestamp_micros()).unwrap_or(0),
                 std::sync::atomic::Ordering::Relaxed,
             );
+        }
+        if let Some(s) = &statuses {
+            let bound = |x: Option<u64>| x.and_then(|x| i64::try_from(x).ok());
+            let bad = || ReadError::Snapshot(now.clone());
+            seen.xmin = bound(snapshot_xmin(&now)).ok_or_else(bad)?;
+            seen.xmax = bound(snapshot_xmax(&now)).ok_or_else(bad)?;
+            let replayed: Option<String> = first.try_get(11)?;
+            seen.replayed = replayed
+                .as_deref()
+                .and_then(db::standby::parse_lsn)
+                .unwrap_or(0);
+            now = s.window(&seen, &mut state.settling);
         }
         if let Some(until) = state.settling_until {
             if snapshot_xmin(&now).is_some_and(|xmin| xmin >= until) {

@@ -26,6 +26,7 @@ mod ops;
 mod poll_admin;
 mod protocol;
 mod realtime;
+mod replica;
 mod security;
 mod sse;
 mod startup;

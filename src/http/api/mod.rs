@@ -64,12 +64,16 @@ use votes::cast_vote;
 /// The API's routes. Each answers every request it matches by path and method (with an error
 /// body when the request is bad); other requests are rejected for the next route to try.
 ///
-/// `auth`: the token verifier; `None` is auth off (see `request`).
+/// `pool` takes the writes (votes, boosts, profiles); `read_pool` the reads (the same pool
+/// unless `PGRELAY_READ_URL` names a standby). `auth`: the token verifier; `None` is auth off
+/// (see `request`).
 pub fn routes(
     pool: Pool,
+    read_pool: Pool,
     auth: Option<Arc<Verifier>>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
     let with_pool = warp::any().map(move || pool.clone());
+    let with_read_pool = warp::any().map(move || read_pool.clone());
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let caller = caller(auth);
     let admin = admin_routes(with_pool.clone(), caller.clone());
@@ -78,7 +82,7 @@ pub fn routes(
         .and(warp::get())
         .and(caller.clone())
         .and(raw_query)
-        .and(with_pool.clone())
+        .and(with_read_pool.clone())
         .then(
             |who: Result<Caller, ApiError>, query: String, pool: Pool| async move {
                 answer(async { list_polls(&pool, &query).await }, who).await
@@ -87,7 +91,7 @@ pub fn routes(
     let one = warp::path!("api" / "v1" / "polls" / String)
         .and(warp::get())
         .and(caller.clone())
-        .and(with_pool.clone())
+        .and(with_read_pool.clone())
         .then(|id: String, who, pool: Pool| async move {
             answer(async { get_poll(&pool, &id).await }, who).await
         });
@@ -120,12 +124,12 @@ pub fn routes(
     let stats = warp::path!("api" / "v1" / "stats")
         .and(warp::get())
         .and(caller.clone())
-        .and(with_pool.clone())
+        .and(with_read_pool.clone())
         .then(|who, pool: Pool| async move { answer(async { app_stats(&pool).await }, who).await });
     let holds = warp::path!("api" / "v1" / "holds" / "active")
         .and(warp::get())
         .and(caller.clone())
-        .and(with_pool.clone())
+        .and(with_read_pool)
         .then(
             |who, pool: Pool| async move { answer(async { active_holds(&pool).await }, who).await },
         );
