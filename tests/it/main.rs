@@ -13,6 +13,7 @@ mod cli;
 mod compose;
 mod delivery;
 mod demo;
+mod docs;
 mod faults;
 mod filters;
 mod fuzz;
