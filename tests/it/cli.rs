@@ -67,6 +67,22 @@ fn bad_database_url() {
     assert_one_clear_line(&out, "invalid DATABASE_URL");
 }
 
+/// A Redis URL that is not one stops the start with one line naming the setting, and the
+/// password of a URL is never printed.
+#[test]
+fn bad_redis_url() {
+    let db = crate::support::admin_url();
+    let out = pgrelay(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("DATABASE_URL", db.as_str()),
+            ("PGRELAY_REDIS_URL", "http://user:sekrit@example.invalid"),
+        ],
+    );
+    assert_one_clear_line(&out, "PGRELAY_REDIS_URL");
+    assert!(!stderr(&out).contains("sekrit"), "{}", stderr(&out));
+}
+
 #[test]
 fn unreachable_database() {
     // Port 1 on loopback: nothing listens there, so the connection is refused at once.
