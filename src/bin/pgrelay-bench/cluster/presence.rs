@@ -30,7 +30,11 @@ pub(super) async fn join(
                                "presence": presence, "private": false}},
     });
     ws.send_text(&frame.to_string()).await?;
-    let (reply, _) = wait_for(&mut ws, |v| v["event"] == "phx_reply" && v["ref"] == "1").await?;
+    let mut beat = Instant::now();
+    let (reply, _) = wait_for(&mut ws, &mut beat, |v| {
+        v["event"] == "phx_reply" && v["ref"] == "1"
+    })
+    .await?;
     if reply["payload"]["status"] != "ok" {
         return Err(format!("join refused: {}", reply["payload"]));
     }
@@ -38,12 +42,13 @@ pub(super) async fn join(
 }
 
 /// Read until a text frame satisfies `pred` (within [`WAIT`]); returns it and when it was read.
+/// `beat` is when the socket last sent a heartbeat; one goes every [`HEARTBEAT`] while waiting.
 pub(super) async fn wait_for(
     ws: &mut WsClient,
+    beat: &mut Instant,
     mut pred: impl FnMut(&Value) -> bool,
 ) -> Result<(Value, Instant), String> {
     let deadline = Instant::now() + WAIT;
-    let mut beat = Instant::now();
     loop {
         let at = Instant::now();
         while let Some(f) = ws.next_frame()? {
@@ -70,8 +75,8 @@ pub(super) async fn wait_for(
         if now >= deadline {
             return Err(format!("the awaited frame did not come within {WAIT:?}"));
         }
-        if now.duration_since(beat) >= HEARTBEAT {
-            beat = now;
+        if now.duration_since(*beat) >= HEARTBEAT {
+            *beat = now;
             ws.send_text(HEARTBEAT_FRAME).await?;
         }
         let wait = (deadline - now).min(Duration::from_secs(1));
@@ -111,16 +116,18 @@ pub(super) async fn presence(
     run: &mut Run,
 ) -> Result<(), String> {
     let mut observer = join(b.addr, PRESENCE_TOPIC, Some("observer"), 7).await?;
+    // The observer lives through every repetition: its heartbeats must span the calls.
+    let mut beat = Instant::now();
     let mut tracker = join(a.addr, PRESENCE_TOPIC, Some("on-a"), 8).await?;
     for i in 0..reps {
         let t0 = Instant::now();
         tracker.send_text(&presence_push("track", i)).await?;
-        let (_, at) = wait_for(&mut observer, |v| diff_has(v, "joins", "on-a")).await?;
+        let (_, at) = wait_for(&mut observer, &mut beat, |v| diff_has(v, "joins", "on-a")).await?;
         run.join_ms.push(ms(at.duration_since(t0)));
         tokio::time::sleep(Duration::from_millis(200)).await;
         let t0 = Instant::now();
         tracker.send_text(&presence_push("untrack", i)).await?;
-        let (_, at) = wait_for(&mut observer, |v| diff_has(v, "leaves", "on-a")).await?;
+        let (_, at) = wait_for(&mut observer, &mut beat, |v| diff_has(v, "leaves", "on-a")).await?;
         run.leave_ms.push(ms(at.duration_since(t0)));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -131,13 +138,13 @@ pub(super) async fn presence(
         let mut client = join(c.addr, PRESENCE_TOPIC, Some(&key), 100 + i as u32).await?;
         let t0 = Instant::now();
         client.send_text(&presence_push("track", i)).await?;
-        let (_, at) = wait_for(&mut observer, |v| diff_has(v, "joins", &key)).await?;
+        let (_, at) = wait_for(&mut observer, &mut beat, |v| diff_has(v, "joins", &key)).await?;
         run.fresh_join_ms.push(ms(at.duration_since(t0)));
         // Kill at a different point of C's refresh cycle each time.
         tokio::time::sleep(Duration::from_millis(600 * (i as u64 % 5))).await;
         let killed = Instant::now();
         c.kill().await?;
-        let (_, at) = wait_for(&mut observer, |v| diff_has(v, "leaves", &key)).await?;
+        let (_, at) = wait_for(&mut observer, &mut beat, |v| diff_has(v, "leaves", &key)).await?;
         run.kill_ms.push(ms(at.duration_since(killed)));
         drop(client);
         eprintln!(
