@@ -140,8 +140,9 @@ pub(super) async fn presence(
         client.send_text(&presence_push("track", i)).await?;
         let (_, at) = wait_for(&mut observer, &mut beat, |v| diff_has(v, "joins", &key)).await?;
         run.fresh_join_ms.push(ms(at.duration_since(t0)));
-        // Kill at a different point of C's refresh cycle each time.
-        tokio::time::sleep(Duration::from_millis(600 * (i as u64 % 5))).await;
+        // Kill at a different point of C's refresh cycle, and of B's look at Redis, each time:
+        // with steps that are a multiple of 3 s, every kill would land at the same point.
+        tokio::time::sleep(Duration::from_millis(1300 * (i as u64 % 5))).await;
         let killed = Instant::now();
         c.kill().await?;
         let (_, at) = wait_for(&mut observer, &mut beat, |v| diff_has(v, "leaves", &key)).await?;
