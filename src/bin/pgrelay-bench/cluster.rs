@@ -140,6 +140,9 @@ struct Run {
     cross: Lat,
     same: Lat,
     relay_cpu: [f64; 2],
+    /// This process (the clients and senders), and the local `redis-server` (0 if none).
+    bench_cpu: f64,
+    redis_cpu: f64,
     machine_cpu: f64,
     join_ms: Vec<f64>,
     leave_ms: Vec<f64>,
@@ -157,7 +160,8 @@ impl Run {
             "duplicates": self.duplicates, "out_of_order": self.out_of_order,
             "receiver_errors": self.receiver_errors, "first_error": self.first_error,
             "cross": self.cross.json(), "same": self.same.json(),
-            "relay_cpu_pct": self.relay_cpu, "machine_cpu_pct": self.machine_cpu,
+            "relay_cpu_pct": self.relay_cpu, "bench_cpu_pct": self.bench_cpu,
+            "redis_cpu_pct": self.redis_cpu, "machine_cpu_pct": self.machine_cpu,
             "presence_join_ms": self.join_ms, "presence_leave_ms": self.leave_ms,
             "presence_fresh_join_ms": self.fresh_join_ms, "presence_kill_ms": self.kill_ms,
         })
@@ -291,7 +295,9 @@ async fn broadcasts(o: &ClusterOpts, relays: [&Relay; 2], run: &mut Run) -> Resu
         (start_us + (o.warmup * 1e6) as i64).max(0) as u64,
         Ordering::Relaxed,
     );
-    let cpu_before = cpu_sample(relays);
+    let redis_pid = redis_server_pid();
+    let cpu_before = cpu_sample(relays, redis_pid);
+    let cpu_start = Instant::now();
     let mut tasks = Vec::new();
     for (s, ws) in senders.into_iter().enumerate() {
         // Sender s starts s/senders of a period late, so sends interleave evenly.
@@ -312,7 +318,7 @@ async fn broadcasts(o: &ClusterOpts, relays: [&Relay; 2], run: &mut Run) -> Resu
         sent_done.push(t.await.map_err(|e| format!("sender: {e}"))?);
     }
     let send_end = Instant::now();
-    let cpu_after = cpu_sample(relays);
+    let cpu_after = cpu_sample(relays, redis_pid);
     let mut sent = 0;
     for (n, err) in &sent_done {
         sent += n;
@@ -344,12 +350,12 @@ async fn broadcasts(o: &ClusterOpts, relays: [&Relay; 2], run: &mut Run) -> Resu
     }
     run.same = Lat::of(&same);
     run.cross = Lat::of(&cross);
-    let secs = send_end.duration_since(start).as_secs_f64().max(1e-9);
+    let secs = send_end.duration_since(cpu_start).as_secs_f64().max(1e-9);
     let tck = crate::procfs::clk_tck().max(1) as f64;
-    for i in 0..2 {
-        run.relay_cpu[i] =
-            100.0 * cpu_after.0[i].saturating_sub(cpu_before.0[i]) as f64 / tck / secs;
-    }
+    let pct = |i: usize| 100.0 * cpu_after.0[i].saturating_sub(cpu_before.0[i]) as f64 / tck / secs;
+    run.relay_cpu = [pct(0), pct(1)];
+    run.bench_cpu = pct(2);
+    run.redis_cpu = pct(3);
     if let (Some((b0, t0)), Some((b1, t1))) = (cpu_before.1, cpu_after.1) {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         run.machine_cpu =
@@ -358,8 +364,23 @@ async fn broadcasts(o: &ClusterOpts, relays: [&Relay; 2], run: &mut Run) -> Resu
     Ok(())
 }
 
-/// The relays' CPU ticks and the machine's (busy, total) ticks.
-fn cpu_sample(relays: [&Relay; 2]) -> ([u64; 2], Option<(u64, u64)>) {
-    let t = |r: &Relay| crate::procfs::cpu_ticks(r.pid).unwrap_or(0);
-    ([t(relays[0]), t(relays[1])], crate::procfs::machine_ticks())
+/// CPU ticks of relay A, relay B, this process and Redis; the machine's (busy, total) ticks.
+fn cpu_sample(relays: [&Relay; 2], redis: Option<u32>) -> ([u64; 4], Option<(u64, u64)>) {
+    let t = |pid: u32| crate::procfs::cpu_ticks(pid).unwrap_or(0);
+    let ticks = [
+        t(relays[0].pid),
+        t(relays[1].pid),
+        t(std::process::id()),
+        redis.map_or(0, t),
+    ];
+    (ticks, crate::procfs::machine_ticks())
+}
+
+/// The local `redis-server`, if one runs here (the first found).
+fn redis_server_pid() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == "redis-server").then_some(pid)
+    })
 }

@@ -38,8 +38,8 @@ pub(super) fn human(rep: usize, r: &Run) -> String {
         r.out_of_order
     );
     s += &format!(
-        "CPU              relay A {:.0} %, relay B {:.0} % of one core; machine {:.0} %\n",
-        r.relay_cpu[0], r.relay_cpu[1], r.machine_cpu
+        "CPU              relay A {:.0} %, relay B {:.0} %, load generator {:.0} %, redis-server {:.0} % (of one core); machine {:.0} %\n",
+        r.relay_cpu[0], r.relay_cpu[1], r.bench_cpu, r.redis_cpu, r.machine_cpu
     );
     s += &format!(
         "presence join   {}  (A tracks → B's diff)\n",
@@ -96,6 +96,8 @@ pub(super) fn summary(o: &ClusterOpts, runs: &[Run]) -> String {
     row("out of order", &|r| r.out_of_order as f64, 0);
     row("relay A CPU %", &|r| r.relay_cpu[0], 0);
     row("relay B CPU %", &|r| r.relay_cpu[1], 0);
+    row("load generator CPU %", &|r| r.bench_cpu, 0);
+    row("redis-server CPU %", &|r| r.redis_cpu, 0);
     row("machine CPU % (200 = both cores)", &|r| r.machine_cpu, 0);
     row("presence join, median ms", &|r| median(&r.join_ms), 1);
     row("presence join, max ms", &|r| max(&r.join_ms), 1);
