@@ -13,8 +13,9 @@
 //! Then presence convergence, seen by an observer on relay B: a client on relay A tracks (time
 //! to B's `presence_diff` join) and untracks (the leave); then, per repetition, a third relay C
 //! starts, a client of it tracks, C is killed with SIGKILL, and the time to B's leave is
-//! measured. The kills come 0, 1.3, 2.6 … s after the track, so that they fall at different
-//! points of C's 3 s refresh cycle and of the others' 3 s look at Redis.
+//! measured. C starts 0, 1.1, 2.2, 0.3 … s after the previous leave and is killed 0, 1.3, 2.6 …
+//! s after the track, so that the kills fall at different points of C's 3 s refresh cycle and
+//! of B's 3 s check.
 
 mod clients;
 mod output;

@@ -133,6 +133,9 @@ pub(super) async fn presence(
     }
     tracker.close().await;
     for i in 0..reps {
+        // Each repetition starts right after B's 3 s check saw the last leave: without a
+        // pause, every C would start at the same point of B's cycle (0, 1.1, 2.2, 0.3 … s).
+        tokio::time::sleep(Duration::from_millis(1100 * i as u64 % 3000)).await;
         let c = Relay::start(bin, db_url, LOG, args).await?;
         let key = format!("on-c-{i}");
         let mut client = join(c.addr, PRESENCE_TOPIC, Some(&key), 100 + i as u32).await?;
