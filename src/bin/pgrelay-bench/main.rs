@@ -6,6 +6,7 @@
 //! See BENCHMARKS.md for the method and `bench/run.sh` for the full matrix.
 
 mod clients;
+mod cluster;
 mod cpu;
 mod db;
 mod hist;
@@ -55,6 +56,10 @@ enum Scenario {
     /// no trigger and with the trigger in each ingest mode, interleaved, medians of 3; plus
     /// latency at a quiet 100 commits/s and the relay's idle cost. Needs `pgbench`.
     Writecost(writecost::WriteCostOpts),
+    /// Two relays sharing Redis, N clients (default 1000) spread over them on one broadcast
+    /// topic: cross-relay vs same-relay broadcast latency at 1,000 messages/s, losses and order;
+    /// then presence convergence across relays after a join, a leave and a SIGKILL.
+    Cluster(cluster::ClusterOpts),
 }
 
 /// The load generator's runtime, or the error line and exit code when it cannot start.
@@ -83,10 +88,27 @@ fn writecost_main(opts: writecost::WriteCostOpts) -> ExitCode {
     }
 }
 
+fn cluster_main(opts: cluster::ClusterOpts) -> ExitCode {
+    let runtime = match runtime(2) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result = runtime.block_on(cluster::run(opts));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgrelay-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (kind, opts) = match cli.scenario {
         Scenario::Writecost(o) => return writecost_main(o),
+        Scenario::Cluster(o) => return cluster_main(o),
         Scenario::Baseline(o) => (Kind::Baseline, o),
         Scenario::Fanout(o) => (Kind::Fanout, o),
         Scenario::Filtered(o) => (Kind::Filtered, o),

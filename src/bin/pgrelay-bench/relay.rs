@@ -210,6 +210,15 @@ impl Relay {
         ))
     }
 
+    /// SIGKILL, as a crash would: the relay says goodbye to nobody (neither its clients nor
+    /// Redis).
+    pub(crate) async fn kill(mut self) -> Result<(), String> {
+        self.child
+            .kill()
+            .await
+            .map_err(|e| format!("killing the relay: {e}"))
+    }
+
     /// SIGTERM, wait, then kill if it is still there.
     pub(crate) async fn stop(mut self) -> Result<(), String> {
         let term = Command::new("kill")
