@@ -135,7 +135,11 @@ pub fn describe(cfg: &tokio_postgres::Config) -> String {
 /// Build the pool. Connections are made on first use, so a bad URL fails here and an
 /// unreachable server shows up in [`check`].
 pub fn build_pool(url: &str, size: usize) -> Result<Pool, DbError> {
-    let cfg = pg_config(url)?;
+    pool_for(pg_config(url)?, size)
+}
+
+/// A pool of `size` sessions made with `cfg`.
+pub(crate) fn pool_for(cfg: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
     let mgr = Manager::from_config(
         cfg,
         NoTls,

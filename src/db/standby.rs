@@ -7,8 +7,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use deadpool_postgres::Pool;
 
 use super::{client, db_cause, describe, pg_config, DbError};
 
@@ -26,20 +25,7 @@ pub fn read_config(url: &str, application_name: &str) -> Result<tokio_postgres::
 /// The pool for reads (catalog, live queries, read policies, event streams, the JSON API's
 /// reads) from the standby.
 pub fn build_read_pool(url: &str, size: usize) -> Result<Pool, DbError> {
-    let mgr = Manager::from_config(
-        read_config(url, "pgrelay")?,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(mgr)
-        .max_size(size.max(1))
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(10)))
-        .build()
-        .map_err(|e| DbError::Pool(e.to_string()))
+    super::pool_for(read_config(url, "pgrelay")?, size)
 }
 
 /// Why the read URL cannot be used.

@@ -30,8 +30,7 @@ impl Router {
             let diff = topic.presence.apply_remote(node, joins, leaves);
             let empty = topic.members.is_empty() && topic.presence.is_empty();
             if !diff.is_empty() {
-                let window = self.batch_window();
-                st.emit_diff(key, &diff, &self.metrics, &mut cut, window, &mut flushes);
+                self.emit(&mut st, key, &diff, &mut cut, &mut flushes);
             }
             if empty {
                 st.topics.remove(key);
@@ -62,8 +61,7 @@ impl Router {
                 let diff = topic.presence.replace_remote(node, entries);
                 let empty = topic.members.is_empty() && topic.presence.is_empty();
                 if !diff.is_empty() {
-                    let window = self.batch_window();
-                    st.emit_diff(&key, &diff, &self.metrics, &mut cut, window, &mut flushes);
+                    self.emit(&mut st, &key, &diff, &mut cut, &mut flushes);
                 }
                 if empty {
                     st.topics.remove(&key);

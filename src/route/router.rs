@@ -56,7 +56,7 @@ pub struct Router {
 }
 
 /// Topics whose held-back presence diffs must go out after a delay.
-type Flushes = Vec<(TopicKey, Duration)>;
+pub(super) type Flushes = Vec<(TopicKey, Duration)>;
 
 impl Router {
     pub fn new(metrics: Arc<Metrics>) -> Self {
@@ -139,6 +139,32 @@ impl Router {
         let _ = self.outbox.set(outbox);
     }
 
+    /// A presence change of this relay's channels: to the topic's members here (batched),
+    /// and to the other relays.
+    fn emit_local(
+        &self,
+        st: &mut State,
+        key: &TopicKey,
+        diff: Diff,
+        cut: &mut Vec<Arc<SocketShared>>,
+        flushes: &mut Flushes,
+    ) {
+        self.emit(st, key, &diff, cut, flushes);
+        self.export(key, diff);
+    }
+
+    /// A presence diff to the topic's members here, batched when batching is on.
+    pub(super) fn emit(
+        &self,
+        st: &mut State,
+        key: &TopicKey,
+        diff: &Diff,
+        cut: &mut Vec<Arc<SocketShared>>,
+        flushes: &mut Flushes,
+    ) {
+        st.emit_diff(key, diff, &self.metrics, cut, self.batch_window(), flushes);
+    }
+
     /// Tell the other relays about a presence change of this relay's channels.
     fn export(&self, key: &TopicKey, diff: Diff) {
         if let Some(outbox) = self.outbox.get() {
@@ -214,15 +240,7 @@ impl Router {
             let diff = topic.presence.untrack(socket);
             let empty = topic.members.is_empty() && topic.presence.is_empty();
             if let Some(diff) = diff {
-                st.emit_diff(
-                    key,
-                    &diff,
-                    &self.metrics,
-                    &mut cut,
-                    self.batch_window(),
-                    &mut flushes,
-                );
-                self.export(key, diff);
+                self.emit_local(&mut st, key, diff, &mut cut, &mut flushes);
             }
             if empty {
                 st.topics.remove(key);
@@ -252,15 +270,7 @@ impl Router {
                 m.presence = true;
             }
             if let Some(diff) = topic.presence.track(socket, presence_key, payload) {
-                st.emit_diff(
-                    key,
-                    &diff,
-                    &self.metrics,
-                    &mut cut,
-                    self.batch_window(),
-                    &mut flushes,
-                );
-                self.export(key, diff);
+                self.emit_local(&mut st, key, diff, &mut cut, &mut flushes);
             }
         }
         self.cut_off_all(cut);
@@ -277,15 +287,7 @@ impl Router {
                 return;
             };
             if let Some(diff) = topic.presence.untrack(socket) {
-                st.emit_diff(
-                    key,
-                    &diff,
-                    &self.metrics,
-                    &mut cut,
-                    self.batch_window(),
-                    &mut flushes,
-                );
-                self.export(key, diff);
+                self.emit_local(&mut st, key, diff, &mut cut, &mut flushes);
             }
         }
         self.cut_off_all(cut);

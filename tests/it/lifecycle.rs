@@ -76,14 +76,31 @@ pub(crate) async fn spawn_relay_collecting(
     db: &TestDb,
     listen: &str,
     keep: fn(&str) -> bool,
-) -> (
-    tokio::process::Child,
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
+) -> (tokio::process::Child, std::net::SocketAddr, RelayLog) {
+    spawn_relay_env(
+        listen,
+        &[("DATABASE_URL", db.url.as_str())],
+        keep,
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+/// The relay's log lines a test kept.
+pub(crate) type RelayLog = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// The real binary serving on `listen` with `env`; returns once `/ready` answers 200 (within
+/// `ready_within`), with the log lines `keep` picks, from the start on. Its stderr is drained
+/// for its whole life, so it never blocks on a full pipe.
+pub(crate) async fn spawn_relay_env(
+    listen: &str,
+    env: &[(&str, &str)],
+    keep: fn(&str) -> bool,
+    ready_within: Duration,
+) -> (tokio::process::Child, std::net::SocketAddr, RelayLog) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
         .args(["serve", "--listen", listen])
-        .env("DATABASE_URL", &db.url)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
@@ -92,8 +109,12 @@ pub(crate) async fn spawn_relay_collecting(
         .expect("spawn relay");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let kept: RelayLog = Default::default();
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
+            if keep(&line) {
+                kept.lock().unwrap().push(line.clone());
+            }
             if let Some(rest) = line.split("pgrelay listening addr=").nth(1) {
                 return rest.split_whitespace().next().and_then(|a| a.parse().ok());
             }
@@ -103,8 +124,6 @@ pub(crate) async fn spawn_relay_collecting(
     .await
     .expect("relay started in time")
     .expect("listening line");
-    // Keep draining stderr so the relay never blocks on a full pipe.
-    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = kept.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
@@ -113,10 +132,13 @@ pub(crate) async fn spawn_relay_collecting(
             }
         }
     });
-    // Wait until it is ready (LISTEN active).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + ready_within;
     while http_get(addr, "/ready").await.0 != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "relay never ready");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay never ready; kept log: {:#?}",
+            kept.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (child, addr, kept)

@@ -6,10 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-use crate::support::http_get;
-
 /// A primary and its streaming standby in a temporary directory; both are stopped
 /// (`pg_ctl stop -m immediate`) and the directory removed when this is dropped, whatever the
 /// test did.
@@ -205,49 +201,15 @@ pub(super) async fn spawn_relay(
 ) -> (
     tokio::process::Child,
     std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    crate::lifecycle::RelayLog,
 ) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", write)
-        .env("PGRELAY_READ_URL", read)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn relay");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.lock().unwrap().push(line.clone());
-            if let Some(rest) = line.split("pgrelay listening addr=").nth(1) {
-                return rest.split_whitespace().next().and_then(|a| a.parse().ok());
-            }
-        }
-        None
-    })
+    crate::lifecycle::spawn_relay_env(
+        "127.0.0.1:0",
+        &[("DATABASE_URL", write), ("PGRELAY_READ_URL", read)],
+        |_| true,
+        Duration::from_secs(60),
+    )
     .await
-    .expect("relay started in time")
-    .expect("listening line");
-    let sink = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while http_get(addr, "/ready").await.0 != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "relay never ready: {:#?}",
-            log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (child, addr, log)
 }
 
 /// Both clusters with a database `relay` the standby has replayed, and a relay process
