@@ -239,6 +239,22 @@ impl WsClient {
         self.send(OP_TEXT, text.as_bytes()).await
     }
 
+    /// Answer a control frame: a ping gets its pong; a close is the relay ending the socket
+    /// (an error naming its code). Other frames are left to the caller.
+    pub(crate) async fn answer_control(&mut self, f: &RawFrame) -> Result<(), String> {
+        match f.opcode {
+            OP_PING => {
+                let p = self.payload(f).to_vec();
+                self.send(OP_PONG, &p).await
+            }
+            OP_CLOSE => {
+                let code = close_code(self.payload(f)).unwrap_or(1005);
+                Err(format!("closed by the relay ({code})"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Send a close frame (1000) and shut the write side.
     pub(crate) async fn close(&mut self) {
         let _ = self.send(OP_CLOSE, &1000u16.to_be_bytes()).await;

@@ -214,17 +214,7 @@ pub(super) async fn discard(ws: &mut WsClient, n: Result<usize, String>) -> Resu
         return Err("connection closed by the relay".into());
     }
     while let Some(f) = ws.next_frame()? {
-        match f.opcode {
-            OP_PING => {
-                let p = ws.payload(&f).to_vec();
-                ws.send(OP_PONG, &p).await?;
-            }
-            OP_CLOSE => {
-                let code = close_code(ws.payload(&f)).unwrap_or(1005);
-                return Err(format!("closed by the relay ({code})"));
-            }
-            _ => {}
-        }
+        ws.answer_control(&f).await?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::clients::HEARTBEAT_FRAME;
 use super::{Run, HEARTBEAT, LOG, PRESENCE_TOPIC, WAIT};
 use crate::relay::Relay;
-use crate::ws::{close_code, WsClient, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
+use crate::ws::{WsClient, OP_TEXT};
 
 /// A vsn 1.0.0 socket joined to `topic` (with presence under `key`, if given).
 pub(super) async fn join(
@@ -60,15 +60,7 @@ pub(super) async fn wait_for(
                         }
                     }
                 }
-                OP_PING => {
-                    let p = ws.payload(&f).to_vec();
-                    ws.send(OP_PONG, &p).await?;
-                }
-                OP_CLOSE => {
-                    let code = close_code(ws.payload(&f)).unwrap_or(1005);
-                    return Err(format!("closed by the relay ({code})"));
-                }
-                _ => {}
+                _ => ws.answer_control(&f).await?,
             }
         }
         let now = Instant::now();
