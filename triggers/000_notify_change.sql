@@ -6,8 +6,8 @@
 --       FOR EACH ROW EXECUTE FUNCTION pgrelay.notify_change('housekeeping_col', ...);
 --
 -- For each row change it writes one row to pgrelay.change_log: that row is the change, and the
--- relay reads every change it delivers from there. Then, while pgrelay.ingest_state.notify is
--- true, it rings a doorbell: an empty NOTIFY on pgrelay.channel() (default 'pgrelay') that
+-- relay reads every change it delivers from there. Then, while the switch
+-- pgrelay.ingest_state.notify is true (the trigger reads it as pgrelay.doorbell()), it rings a doorbell: an empty NOTIFY on pgrelay.channel() (default 'pgrelay') that
 -- only says "read the log now". The notification carries no row data, so a role that can
 -- LISTEN learns nothing but that some published table changed, and one that can NOTIFY can at
 -- most make the relay read the log early.
@@ -24,8 +24,13 @@
 --   * An UPDATE that changes nothing, or only the housekeeping columns named in the trigger
 --     arguments (e.g. button_holds.last_heartbeat), emits nothing at all: no log row, no bell.
 --
--- commit_timestamp is the clock time of the change, not the commit (Postgres exposes no commit
--- time to a trigger), in the Supabase format: UTC, milliseconds, trailing Z.
+-- What it costs: this function runs once per row inside the application's transaction, so it
+-- does as little as it can. The log row's seq, xid and created_at come from column defaults;
+-- the relay formats created_at (the clock time of the change, not of the commit: PostgreSQL
+-- shows a trigger no commit time) as the event's commit_timestamp. The switch is read through
+-- pgrelay.doorbell(), a constant that PostgreSQL folds into this function's cached plan and
+-- replans when the relay flips the switch, instead of a query per row. Adding work here (a
+-- query, to_char, a CHECK constraint or index on the log) slows every published write.
 --
 -- SECURITY INVOKER: it runs as the role that writes the row, never with more rights. to_jsonb()
 -- calls a column type's cast to json, which the table's owner may have written; run as a
@@ -68,16 +73,11 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    INSERT INTO pgrelay.change_log
-        (schema_name, table_name, op, commit_timestamp, record, old_record)
-    VALUES
-        (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP,
-         pg_catalog.to_char(pg_catalog.clock_timestamp() AT TIME ZONE 'UTC',
-                           'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-         rec, old_rec);
+    INSERT INTO pgrelay.change_log (schema_name, table_name, op, record, old_record)
+    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, rec, old_rec);
 
     -- The doorbell, while the relay wants it (see the header).
-    IF (SELECT notify FROM pgrelay.ingest_state) THEN
+    IF pgrelay.doorbell() THEN
         PERFORM pg_catalog.pg_notify(pgrelay.channel(), '');
     END IF;
     RETURN NULL;  -- AFTER trigger: the return value is ignored.
@@ -85,4 +85,4 @@ END
 $function$;
 
 COMMENT ON FUNCTION pgrelay.notify_change() IS
-    'pgrelay: log the row change to pgrelay.change_log and, while pgrelay.ingest_state.notify is true, ring an empty NOTIFY on pgrelay.channel(). Arguments name housekeeping columns whose sole change emits nothing. See triggers/000_notify_change.sql.';
+    'pgrelay: log the row change to pgrelay.change_log and, while pgrelay.doorbell() (pgrelay.ingest_state.notify) is true, ring an empty NOTIFY on pgrelay.channel(). Arguments name housekeeping columns whose sole change emits nothing. See triggers/000_notify_change.sql.';

@@ -190,6 +190,12 @@ const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
 /// Delete change-log rows older than `retention`, in batches. Returns how many were deleted.
 ///
+/// The log has no index on `created_at` (each index slows every published write): rows are
+/// pruned oldest `seq` first, up to the first row young enough to keep. `created_at` is the
+/// clock time at which the row was logged, as is `seq`'s allocation, so the two agree but for
+/// microseconds between concurrent writers; the walk along the primary key reads the rows it
+/// deletes and one more.
+///
 /// Only rows of transactions older than every running one are pruned (`xid` below the current
 /// snapshot's xmin), so a long transaction's changes are never pruned before they commit.
 ///
@@ -199,11 +205,17 @@ pub async fn prune_change_log(pool: &Pool, retention: Duration) -> Result<u64, D
     let client = db::client(pool).await?;
     let stmt = client
         .prepare_cached(
-            "WITH doomed AS ( \
-                 SELECT seq FROM pgrelay.change_log \
-                 WHERE created_at < now() - make_interval(secs => $1) \
+            "WITH bound AS ( \
+                 SELECT coalesce( \
+                     (SELECT seq FROM pgrelay.change_log \
+                      WHERE created_at >= now() - make_interval(secs => $1) \
+                      ORDER BY seq LIMIT 1), \
+                     (SELECT max(seq) + 1 FROM pgrelay.change_log)) AS below), \
+             doomed AS ( \
+                 SELECT seq FROM pgrelay.change_log, bound \
+                 WHERE seq < bound.below \
                    AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED), \
              gone AS ( \
                  DELETE FROM pgrelay.change_log c USING doomed d WHERE c.seq = d.seq \
                  RETURNING c.xid), \

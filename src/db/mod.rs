@@ -400,7 +400,8 @@ pub struct LoggedChange {
     pub old_record: Option<serde_json::Value>,
 }
 
-const LOG_COLUMNS: &str = "seq, schema_name, table_name, op, commit_timestamp, record, old_record";
+const LOG_COLUMNS: &str =
+    "seq, schema_name, table_name, op, commit_timestamp, record, old_record, created_at";
 
 fn logged(r: &tokio_postgres::Row) -> Result<LoggedChange, DbError> {
     Ok(LoggedChange {
@@ -408,10 +409,22 @@ fn logged(r: &tokio_postgres::Row) -> Result<LoggedChange, DbError> {
         schema: r.try_get(1)?,
         table: r.try_get(2)?,
         op: r.try_get(3)?,
-        commit_timestamp: r.try_get(4)?,
+        commit_timestamp: commit_timestamp(r.try_get(4)?, r.try_get(7)?),
         record: r.try_get(5)?,
         old_record: r.try_get(6)?,
     })
+}
+
+/// The `commit_timestamp` clients receive for a change-log row: `created_at` (the clock time
+/// of the change) in Supabase's format, UTC with milliseconds and a trailing `Z`; or, for a row
+/// written by a trigger older than migration V12, the string that trigger formatted.
+pub fn commit_timestamp(legacy: Option<String>, created_at: std::time::SystemTime) -> String {
+    match legacy {
+        Some(text) => text,
+        None => chrono::DateTime::<chrono::Utc>::from(created_at)
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string(),
+    }
 }
 
 /// Every change committed after snapshot `after` and visible in snapshot `upto`, in an order
@@ -436,7 +449,7 @@ pub async fn read_window_keyed(
         .await?;
     let rows = client.query(&stmt, &[&after, &upto]).await?;
     rows.iter()
-        .map(|r| Ok((r.try_get(7)?, logged(r)?)))
+        .map(|r| Ok((r.try_get(8)?, logged(r)?)))
         .collect()
 }
 
@@ -480,4 +493,24 @@ pub async fn notification_queue_usage(pool: &Pool) -> Result<f64, DbError> {
     .await
     .map_err(|_| DbError::Pool("timed out".into()))??;
     Ok(row.try_get(0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::commit_timestamp;
+
+    #[test]
+    fn commit_timestamps_are_formatted_like_supabase() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_032_800_123_987);
+        assert_eq!(commit_timestamp(None, at), "2026-11-30T10:00:00.123Z");
+        let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_032_800);
+        assert_eq!(commit_timestamp(None, whole), "2026-11-30T10:00:00.000Z");
+        // A row written by a trigger older than V12 keeps the string that trigger formatted.
+        assert_eq!(
+            commit_timestamp(Some("2026-11-27T10:00:00.5Z".into()), at),
+            "2026-11-27T10:00:00.5Z"
+        );
+    }
 }

@@ -66,13 +66,13 @@ SELECT r.horizon, \
        pg_last_wal_replay_lsn()::text \
 FROM r";
 
-/// The tail reader's read on a standby: `tail::READ_SQL` with each row's xid (column 10), and
-/// the replay position during the read (column 11).
+/// The tail reader's read on a standby: `tail::READ_SQL` with each row's xid (column 10), the
+/// replay position during the read (column 11) and `created_at` (column [`CREATED_AT`]).
 pub const READ_SQL: &str = "\
 SELECT pg_current_snapshot()::text, \
        (SELECT notify FROM pgrelay.ingest_state), \
        c.seq, c.schema_name, c.table_name, c.op, c.commit_timestamp, c.record, c.old_record, c.txmax, \
-       c.xid::text, pg_last_wal_replay_lsn()::text \
+       c.xid::text, pg_last_wal_replay_lsn()::text, c.created_at \
 FROM (SELECT 1) AS one \
 LEFT JOIN LATERAL ( \
     SELECT l.*, max(l.seq) OVER (PARTITION BY l.xid) AS txmax \
@@ -80,6 +80,9 @@ LEFT JOIN LATERAL ( \
     WHERE (l.xid >= $1::text::xid8 OR l.xid = ANY ($2::text::xid8[])) \
 ) c ON true \
 ORDER BY c.txmax, c.seq";
+
+/// The column of [`READ_SQL`] that holds the change's `created_at`.
+pub const CREATED_AT: usize = 12;
 
 /// The answer of [`STATUS_SQL`], with the window it was asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]

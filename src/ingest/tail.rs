@@ -71,7 +71,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const READ_SQL: &str = "\
 SELECT pg_current_snapshot()::text, \
        (SELECT notify FROM pgrelay.ingest_state), \
-       c.seq, c.schema_name, c.table_name, c.op, c.commit_timestamp, c.record, c.old_record, c.txmax \
+       c.seq, c.schema_name, c.table_name, c.op, c.commit_timestamp, c.record, c.old_record, c.txmax, \
+       c.created_at \
 FROM (SELECT 1) AS one \
 LEFT JOIN LATERAL ( \
     SELECT l.*, max(l.seq) OVER (PARTITION BY l.xid) AS txmax \
@@ -80,6 +81,9 @@ LEFT JOIN LATERAL ( \
       AND pg_visible_in_snapshot(l.xid, pg_current_snapshot()) \
 ) c ON true \
 ORDER BY c.txmax, c.seq";
+
+/// The column of [`READ_SQL`] that holds the change's `created_at`.
+const CREATED_AT: usize = 10;
 
 /// The reader's settings.
 #[derive(Debug, Clone)]
@@ -355,7 +359,14 @@ impl Reader {
                 schema: row.try_get(3)?,
                 table: row.try_get(4)?,
                 op: row.try_get(5)?,
-                commit_timestamp: row.try_get(6)?,
+                commit_timestamp: db::commit_timestamp(
+                    row.try_get(6)?,
+                    row.try_get(if statuses.is_some() {
+                        standby::CREATED_AT
+                    } else {
+                        CREATED_AT
+                    })?,
+                ),
                 record: row.try_get(7)?,
                 old_record: row.try_get(8)?,
             };

@@ -15,7 +15,7 @@ fn hold_config() -> Value {
 
 /// A LISTEN session of the test's own that counts the triggers' doorbells. Nothing else
 /// notifies on the relay's channel, and only the hold's own rows change during the count.
-async fn count_hold_notifications(
+pub(crate) async fn count_hold_notifications(
     url: &str,
 ) -> (
     tokio::task::JoinHandle<()>,

@@ -12,6 +12,18 @@ use serde_json::{json, Value};
 use crate::faults::kill_session;
 use crate::support::*;
 
+/// The switch as the triggers read it (`pgrelay.doorbell()`) and as the row says.
+async fn doorbell(db: &tokio_postgres::Client) -> (bool, bool) {
+    let row = db
+        .query_one(
+            "SELECT pgrelay.doorbell(), (SELECT notify FROM pgrelay.ingest_state)",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 async fn set_doorbell(db: &tokio_postgres::Client, on: bool) {
     db.execute("UPDATE pgrelay.ingest_state SET notify = $1", &[&on])
         .await
@@ -297,6 +309,13 @@ async fn app_roles_cannot_write_the_flag_or_the_log() {
          VALUES ('1', 'public', 'profiles', 'INSERT', 'x')",
         "INSERT INTO pgrelay.change_log (seq, schema_name, table_name, op, commit_timestamp) \
          OVERRIDING SYSTEM VALUE VALUES (1, 'public', 'profiles', 'INSERT', 'x')",
+        // An op that is no row change (the role may SELECT profiles).
+        "INSERT INTO pgrelay.change_log (schema_name, table_name, op, record) \
+         VALUES ('public', 'profiles', 'SELECT', '{}')",
+        // The switch as the triggers read it, and the trigger that keeps it in step.
+        "CREATE OR REPLACE FUNCTION pgrelay.doorbell() RETURNS boolean \
+         LANGUAGE sql IMMUTABLE AS $$ SELECT true $$",
+        "SELECT pgrelay.ingest_state_changed()",
         "SELECT * FROM pgrelay.change_log",
         "DELETE FROM pgrelay.change_log",
         "UPDATE pgrelay.change_log SET record = '{}'",
@@ -312,6 +331,59 @@ async fn app_roles_cannot_write_the_flag_or_the_log() {
     ws.expect_silence(Duration::from_millis(800)).await;
     drop(app);
     drop_role(&db, &name).await;
+    relay.stop().await;
+}
+
+/// The triggers read the switch as `pgrelay.doorbell()`, a constant that PostgreSQL folds into
+/// each session's cached plan, where a query per row would cost every published write. A flip
+/// of `pgrelay.ingest_state` must reach a writer session that is already open, both ways.
+#[tokio::test]
+async fn an_open_writer_session_follows_each_flip_of_the_switch() {
+    // `tail` sets the switch off once at start and leaves it to the test after that.
+    let relay = start_relay_with(|c| c.limits.ingest = pgrelay::config::IngestMode::Tail).await;
+    let db = relay.db().await;
+    let writer = relay.db().await;
+    let (listener, rang) = crate::holds::count_hold_notifications(&relay.db.url).await;
+    let rang_now = || rang.load(Ordering::Relaxed);
+    let insert = |name: &'static str| {
+        let writer = &writer;
+        async move {
+            writer
+                .execute("INSERT INTO profiles (username) VALUES ($1)", &[&name])
+                .await
+                .unwrap();
+        }
+    };
+
+    assert_eq!(doorbell(&db).await, (false, false));
+    insert("quiet-1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rang_now(), 0, "switch off: no doorbell");
+
+    set_doorbell(&db, true).await;
+    assert_eq!(
+        doorbell(&db).await,
+        (true, true),
+        "the function follows the row"
+    );
+    insert("rings").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while rang_now() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        rang_now(),
+        1,
+        "the open session rang after the switch went on"
+    );
+
+    set_doorbell(&db, false).await;
+    assert_eq!(doorbell(&db).await, (false, false));
+    insert("quiet-2").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rang_now(), 1, "and stopped after it went off");
+
+    listener.abort();
     relay.stop().await;
 }
 
