@@ -100,6 +100,8 @@ pub struct Metrics {
     /// Most frames ever waiting in one socket's queue.
     pub queue_high_water: AtomicU64,
     pub commit_to_send: Histogram,
+    /// How long each read of the change log took, from sending the query to the last row.
+    pub ingest_read: Histogram,
     /// 1 when changes are read from a standby (`PGRELAY_READ_URL`): the replica figures below
     /// are rendered only then.
     pub replica: AtomicU64,
@@ -327,6 +329,11 @@ impl Metrics {
             &mut out,
             "pgrelay_commit_to_send_seconds",
             "Time from the row change (commit_timestamp) to its frames being queued.",
+        );
+        self.ingest_read.render(
+            &mut out,
+            "pgrelay_ingest_read_seconds",
+            "Time one read of the change log took, from sending the query to its last row.",
         );
         if self.replica.load(Ordering::Relaxed) == 1 {
             gauge(

@@ -322,7 +322,9 @@ impl Reader {
             ),
             None => None,
         };
+        let asked = Instant::now();
         let rows = client.query(stmt, &[&xmax, &xip]).await?;
+        self.metrics.ingest_read.observe(asked.elapsed());
         Metrics::inc(&self.metrics.ingest_reads_total);
         let Some(first) = rows.first() else {
             return Ok(());

@@ -26,8 +26,13 @@ use crate::db::{connect, BenchDb};
 use crate::hist::Histogram;
 use crate::relay::{prepare_schema, resolve_bin, Relay};
 use crate::ts::{change_ts_us, now_us};
-use crate::writeload::{histogram_bound_ms, pgbench, relay_metrics, relay_reads, renice, Load};
+use crate::writeload::{
+    histogram_bound_ms, pgbench, relay_metrics, relay_reads, renice, transaction_latencies, Load,
+};
 use crate::ws::{WsClient, OP_TEXT};
+
+const COMMIT_TO_SEND: &str = "pgrelay_commit_to_send_seconds";
+const READ: &str = "pgrelay_ingest_read_seconds";
 
 /// What the table is published with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -123,12 +128,19 @@ struct Point {
     /// leaves out the subscribers' own scheduling on a shared machine.
     relay_p50_ms: f64,
     relay_p99_ms: f64,
+    /// The writers' own transaction latency (pgbench's, begin to commit acknowledged): the
+    /// part of commit→client that is the app's commit on this machine, in every setup.
+    txn_p50_ms: f64,
+    txn_p99_ms: f64,
+    /// How long the relay's reads of the change log took (its histogram's bucket bounds).
+    read_p50_ms: f64,
+    read_p99_ms: f64,
 }
 
 impl Point {
     fn json(&self, rep: usize) -> String {
         format!(
-            "{{\"scenario\":\"writecost\",\"rep\":{rep},\"setup\":\"{}\",\"writers\":{},\"commits_per_s\":{:.1},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"committed\":{},\"delivered\":{},\"duplicates\":{},\"lock_waiters_mean\":{:.2},\"lock_waiters_max\":{},\"relay_reads_per_s\":{:.1},\"relay_cpu_pct\":{:.1},\"relay_p50_ms\":{},\"relay_p99_ms\":{}}}",
+            "{{\"scenario\":\"writecost\",\"rep\":{rep},\"setup\":\"{}\",\"writers\":{},\"commits_per_s\":{:.1},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"committed\":{},\"delivered\":{},\"duplicates\":{},\"lock_waiters_mean\":{:.2},\"lock_waiters_max\":{},\"relay_reads_per_s\":{:.1},\"relay_cpu_pct\":{:.1},\"relay_p50_ms\":{},\"relay_p99_ms\":{},\"txn_p50_ms\":{:.2},\"txn_p99_ms\":{:.2},\"read_p50_ms\":{},\"read_p99_ms\":{}}}",
             self.setup.as_str(),
             self.writers,
             self.commits_per_s,
@@ -142,7 +154,11 @@ impl Point {
             self.relay_reads_per_s,
             self.relay_cpu_pct,
             self.relay_p50_ms,
-            self.relay_p99_ms
+            self.relay_p99_ms,
+            self.txn_p50_ms,
+            self.txn_p99_ms,
+            self.read_p50_ms,
+            self.read_p99_ms
         )
     }
 }
@@ -155,13 +171,17 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
             for &setup in &opts.setups {
                 let p = point(&bin, &opts, setup, Load::Flat(w)).await?;
                 eprintln!(
-                    "rep {rep} writers {w:>2} {:<8} {:>8.0} commits/s  p50 {:>7.2} ms  p99 {:>7.2} ms  (relay ≤{} / ≤{} ms)  delivered {}/{} dup {}  lock waiters {:.1} (max {})",
+                    "rep {rep} writers {w:>2} {:<8} {:>8.0} commits/s  p50 {:>7.2} ms  p99 {:>7.2} ms  (relay ≤{} / ≤{} ms, reads ≤{} / ≤{} ms, app txn {:.1} / {:.1} ms)  delivered {}/{} dup {}  lock waiters {:.1} (max {})",
                     setup.as_str(),
                     p.commits_per_s,
                     p.p50_ms,
                     p.p99_ms,
                     p.relay_p50_ms,
                     p.relay_p99_ms,
+                    p.read_p50_ms,
+                    p.read_p99_ms,
+                    p.txn_p50_ms,
+                    p.txn_p99_ms,
                     p.delivered,
                     p.committed,
                     p.duplicates,
@@ -179,8 +199,8 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
         "\nmedians of {} interleaved runs (commits/s; latency commit→client)",
         opts.reps
     );
-    eprintln!("| writers | setup | commits/s | ÷ none | p50 ms | p99 ms | relay p50 / p99 ms (bucket bound) | delivered/committed | NOTIFY-lock waiters (mean / max) |");
-    eprintln!("|---|---|---|---|---|---|---|---|---|");
+    eprintln!("| writers | setup | commits/s | ÷ none | ÷ none, per run | p50 ms | p99 ms | relay p50 / p99 ms (bucket bound) | app transaction p50 / p99 ms | delivered/committed | NOTIFY-lock waiters (mean / max) |");
+    eprintln!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &w in &opts.writers {
         let none = points
             .get(&(w, "none"))
@@ -191,6 +211,18 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
             };
             let rate = median(ps.iter().map(|p| p.commits_per_s));
             let ratio = none.map_or("–".to_owned(), |n| format!("{:.2}", rate / n));
+            // Each repetition runs `none` and this setup back to back: the median of those
+            // pairs' ratios is less exposed to the machine drifting between repetitions.
+            let paired = points.get(&(w, "none")).map_or("–".to_owned(), |nones| {
+                format!(
+                    "{:.2}",
+                    median(
+                        ps.iter()
+                            .zip(nones)
+                            .map(|(p, n)| p.commits_per_s / n.commits_per_s)
+                    )
+                )
+            });
             let (delivered, committed): (u64, u64) = ps
                 .iter()
                 .fold((0, 0), |(d, c), p| (d + p.delivered, c + p.committed));
@@ -205,8 +237,13 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
                     median(ps.iter().map(|p| p.relay_p99_ms))
                 )
             };
+            let txn = format!(
+                "{:.1} / {:.1}",
+                median(ps.iter().map(|p| p.txn_p50_ms)),
+                median(ps.iter().map(|p| p.txn_p99_ms))
+            );
             eprintln!(
-                "| {w} | {} | {rate:.0} | {ratio} | {latency} | {delivered}/{committed} | {:.1} / {} |",
+                "| {w} | {} | {rate:.0} | {ratio} | {paired} | {latency} | {txn} | {delivered}/{committed} | {:.1} / {} |",
                 setup.as_str(),
                 median(ps.iter().map(|p| p.lock_waiters_mean)),
                 ps.iter().map(|p| p.lock_waiters_max).max().unwrap_or(0)
@@ -346,6 +383,8 @@ async fn measure(
     let duration = Duration::from_secs_f64(opts.duration);
     let window_start = now_us() + i64::try_from(warmup.as_micros()).unwrap_or(0) + 2_000_000;
     let window_end = window_start + i64::try_from(duration.as_micros()).unwrap_or(0);
+    let txn_log =
+        std::env::temp_dir().join(format!("pgrelay-writecost-{}-txns", std::process::id()));
 
     // Subscribers: k = 0..n, each `k=eq.<i>`.
     let stop = Arc::new(AtomicBool::new(false));
@@ -407,8 +446,16 @@ async fn measure(
     let total = warmup + duration;
     match load {
         Load::Idle => tokio::time::sleep(total).await,
-        Load::Flat(_) | Load::Rate(_) => pgbench(&db.url, writers, load, total).await?,
+        Load::Flat(_) | Load::Rate(_) => {
+            pgbench(&db.url, writers, load, total, Some(&txn_log)).await?;
+        }
     }
+    let mut txns = transaction_latencies(&txn_log, window_start, window_end)?;
+    txns.sort_unstable();
+    let txn_ms = |q: f64| {
+        txns.get(((txns.len() as f64 - 1.0) * q).round() as usize)
+            .map_or(0.0, |&us| us as f64 / 1000.0)
+    };
     let elapsed = started.elapsed();
     // Let deliveries in flight land.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -416,8 +463,12 @@ async fn measure(
     let after_metrics = relay_metrics(relay).await;
     let after_reads = relay_reads(&after_metrics);
     let (relay_p50_ms, relay_p99_ms) = (
-        histogram_bound_ms(&after_metrics, 0.5),
-        histogram_bound_ms(&after_metrics, 0.99),
+        histogram_bound_ms(&after_metrics, COMMIT_TO_SEND, 0.5),
+        histogram_bound_ms(&after_metrics, COMMIT_TO_SEND, 0.99),
+    );
+    let (read_p50_ms, read_p99_ms) = (
+        histogram_bound_ms(&after_metrics, READ, 0.5),
+        histogram_bound_ms(&after_metrics, READ, 0.99),
     );
     stop.store(true, Ordering::Relaxed);
     let mut hist = Histogram::default();
@@ -471,6 +522,10 @@ async fn measure(
         relay_cpu_pct: 100.0 * ticks / crate::procfs::clk_tck() as f64 / secs,
         relay_p50_ms,
         relay_p99_ms,
+        txn_p50_ms: txn_ms(0.5),
+        txn_p99_ms: txn_ms(0.99),
+        read_p50_ms,
+        read_p99_ms,
     })
 }
 

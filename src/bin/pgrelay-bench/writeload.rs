@@ -69,10 +69,11 @@ pub(crate) fn relay_reads(metrics: &str) -> f64 {
 
 /// The upper bound (ms) of the commit→send histogram bucket holding quantile `q`: the relay's
 /// own view of latency, to the resolution of its buckets.
-pub(crate) fn histogram_bound_ms(metrics: &str, q: f64) -> f64 {
+pub(crate) fn histogram_bound_ms(metrics: &str, name: &str, q: f64) -> f64 {
+    let prefix = format!("{name}_bucket{{le=\"");
     let mut buckets = Vec::new();
     for l in metrics.lines() {
-        let Some(rest) = l.strip_prefix("pgrelay_commit_to_send_seconds_bucket{le=\"") else {
+        let Some(rest) = l.strip_prefix(&prefix) else {
             continue;
         };
         let Some((le, n)) = rest.split_once("\"} ") else {
@@ -96,11 +97,15 @@ pub(crate) fn histogram_bound_ms(metrics: &str, q: f64) -> f64 {
 }
 
 /// Run pgbench against `url`: single-row INSERTs, `writers` clients, for `total`.
+///
+/// With `log`, pgbench logs every transaction (`-l`) to files starting with that path, and
+/// [`transaction_latencies`] reads them.
 pub(crate) async fn pgbench(
     url: &str,
     writers: usize,
     load: Load,
     total: Duration,
+    log: Option<&std::path::Path>,
 ) -> Result<(), String> {
     let cfg: tokio_postgres::Config = url.parse().map_err(|e| format!("url: {e}"))?;
     let host = match cfg.get_hosts().first() {
@@ -128,6 +133,10 @@ pub(crate) async fn pgbench(
     if let Load::Rate(r) = load {
         cmd.args(["-R", &format!("{r}")]);
     }
+    if let Some(prefix) = log {
+        cmd.arg("-l")
+            .arg(format!("--log-prefix={}", prefix.display()));
+    }
     if let Some(pw) = cfg.get_password() {
         cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).into_owned());
     }
@@ -145,4 +154,46 @@ pub(crate) async fn pgbench(
         ));
     }
     Ok(())
+}
+
+/// The latencies (µs) of the transactions pgbench logged under `prefix` (`-l`: one file per
+/// thread, a line per transaction: client, number, latency µs, script, end s, end µs) that
+/// ended in `[from_us, to_us)`; the files are removed.
+pub(crate) fn transaction_latencies(
+    prefix: &std::path::Path,
+    from_us: i64,
+    to_us: i64,
+) -> Result<Vec<u64>, String> {
+    let dir = prefix.parent().unwrap_or(std::path::Path::new("."));
+    let stem = prefix
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&format!("{stem}.")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path())
+            .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        let _ = std::fs::remove_file(entry.path());
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_ascii_whitespace().collect();
+            let (Some(lat), Some(s), Some(us)) = (f.get(2), f.get(4), f.get(5)) else {
+                continue;
+            };
+            let (Ok(lat), Ok(s), Ok(us)) =
+                (lat.parse::<u64>(), s.parse::<i64>(), us.parse::<i64>())
+            else {
+                continue;
+            };
+            let end = s * 1_000_000 + us;
+            if end >= from_us && end < to_us {
+                out.push(lat);
+            }
+        }
+    }
+    Ok(out)
 }
