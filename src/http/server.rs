@@ -27,7 +27,7 @@ use crate::http::throttle::Throttle;
 use crate::ingest::change::Catalog;
 use crate::ingest::listener::{self, ListenerConfig};
 use crate::ingest::standby as standby_ingest;
-use crate::ingest::tail::{Reader, ReaderConfig};
+use crate::ingest::tail::{self, Reader, ReaderConfig};
 use crate::metrics::Metrics;
 use crate::protocol::TOPIC_PREFIX;
 use crate::realtime::holds;
@@ -371,13 +371,13 @@ fn start_pipeline(
         None => listen_pg,
     };
     reader_pg.application_name("pgrelay reader");
-    // The session runs one query every few milliseconds. A plan cached from its first runs,
-    // when the log may be empty, would scan the whole log once it has grown; planned with each
-    // read's own bounds, it finds the few new rows through the xid index.
-    reader_pg.options(if config.read_url.is_some() {
-        "-c plan_cache_mode=force_custom_plan -c default_transaction_read_only=on"
+    reader_pg.options(&if config.read_url.is_some() {
+        format!(
+            "{} -c default_transaction_read_only=on",
+            tail::SESSION_OPTIONS
+        )
     } else {
-        "-c plan_cache_mode=force_custom_plan"
+        tail::SESSION_OPTIONS.to_owned()
     });
     let spawn = |task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
         let tracker = controller.tracker();

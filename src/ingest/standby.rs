@@ -66,7 +66,8 @@ SELECT r.horizon, \
        pg_last_wal_replay_lsn()::text \
 FROM r";
 
-/// The tail reader's read on a standby: `tail::READ_SQL` with each row's xid (column 10), the
+/// The tail reader's read on a standby: `tail::READ_SQL` (the same two index branches, no
+/// visibility test: the window is built from [`STATUS_SQL`]) with each row's xid (column 10), the
 /// replay position during the read (column 11) and `created_at` (column [`CREATED_AT`]).
 pub const READ_SQL: &str = "\
 SELECT pg_current_snapshot()::text, \
@@ -76,8 +77,9 @@ SELECT pg_current_snapshot()::text, \
 FROM (SELECT 1) AS one \
 LEFT JOIN LATERAL ( \
     SELECT l.*, max(l.seq) OVER (PARTITION BY l.xid) AS txmax \
-    FROM pgrelay.change_log l \
-    WHERE (l.xid >= $1::text::xid8 OR l.xid = ANY ($2::text::xid8[])) \
+    FROM (SELECT * FROM pgrelay.change_log WHERE xid >= $1::text::xid8 \
+          UNION ALL \
+          SELECT * FROM pgrelay.change_log WHERE xid = ANY ($2::text::xid8[])) AS l \
 ) c ON true \
 ORDER BY c.txmax, c.seq";
 

@@ -68,7 +68,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// One read: the new snapshot, the switch as the statement saw it, and the rows of every
 /// transaction that became visible, ordered by (last seq of their transaction, seq).
-const READ_SQL: &str = "\
+///
+/// The session runs it every few milliseconds under load, with a cached generic plan (see
+/// [`SESSION_OPTIONS`]). The two halves of the window (`xid >= $1`, the last snapshot's xmax;
+/// `xid = ANY ($2)`, its open xids) are separate branches so that each is an index condition
+/// in any plan: an `OR` of the two let a plan made while the log was empty walk the whole xid
+/// index. They cannot overlap: every open xid is below xmax.
+pub const READ_SQL: &str = "\
 SELECT pg_current_snapshot()::text, \
        (SELECT notify FROM pgrelay.ingest_state), \
        c.seq, c.schema_name, c.table_name, c.op, c.commit_timestamp, c.record, c.old_record, c.txmax, \
@@ -76,11 +82,22 @@ SELECT pg_current_snapshot()::text, \
 FROM (SELECT 1) AS one \
 LEFT JOIN LATERAL ( \
     SELECT l.*, max(l.seq) OVER (PARTITION BY l.xid) AS txmax \
-    FROM pgrelay.change_log l \
-    WHERE (l.xid >= $1::text::xid8 OR l.xid = ANY ($2::text::xid8[])) \
-      AND pg_visible_in_snapshot(l.xid, pg_current_snapshot()) \
+    FROM (SELECT * FROM pgrelay.change_log WHERE xid >= $1::text::xid8 \
+          UNION ALL \
+          SELECT * FROM pgrelay.change_log WHERE xid = ANY ($2::text::xid8[])) AS l \
+    WHERE pg_visible_in_snapshot(l.xid, pg_current_snapshot()) \
 ) c ON true \
 ORDER BY c.txmax, c.seq";
+
+/// The reader session's settings (its connection's `options`). The plan of [`READ_SQL`] is
+/// made once and cached, since planning each read cost three times executing it. It may be
+/// made while the log is empty, when a sequential scan looks cheapest and would later read
+/// the whole log on every read, so the session never chooses one. A disabled scan still costs
+/// its plan 10^10 (on the one-row switch table it is the only scan there is), which made
+/// PostgreSQL JIT-compile every read, 300 ms each: JIT is off, as it should be for queries
+/// this small.
+pub const SESSION_OPTIONS: &str =
+    "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c jit=off";
 
 /// The column of [`READ_SQL`] that holds the change's `created_at`.
 const CREATED_AT: usize = 10;

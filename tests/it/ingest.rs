@@ -387,6 +387,112 @@ async fn an_open_writer_session_follows_each_flip_of_the_switch() {
     relay.stop().await;
 }
 
+/// Rows logged before migration V12 carry the string their trigger formatted as
+/// `commit_timestamp`; later rows leave it NULL and the relay formats `created_at`, the clock
+/// time the trigger logged them. At an upgrade the log holds both kinds: each is delivered with
+/// its own time.
+#[tokio::test]
+async fn rows_logged_by_an_older_trigger_keep_their_commit_timestamp() {
+    let relay = start_relay().await;
+    let db = relay.db().await;
+    let mut ws = relay.ws("2.0.0").await;
+    ws.subscribe(
+        "realtime:p",
+        json!([{"event":"INSERT","schema":"public","table":"profiles"}]),
+    )
+    .await;
+    // As the trigger file before V12 wrote it.
+    db.batch_execute(
+        "INSERT INTO pgrelay.change_log (schema_name, table_name, op, commit_timestamp, record) \
+         VALUES ('public', 'profiles', 'INSERT', '2026-01-02T03:04:05.678Z', \
+                 '{\"id\": \"00000000-0000-0000-0000-000000000001\", \"username\": \"legacy\"}')",
+    )
+    .await
+    .unwrap();
+    let f = ws.recv_event("postgres_changes").await;
+    assert_eq!(f.payload["data"]["record"]["username"], "legacy");
+    assert_eq!(
+        f.payload["data"]["commit_timestamp"],
+        "2026-01-02T03:04:05.678Z"
+    );
+
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    db.execute("INSERT INTO profiles (username) VALUES ('current')", &[])
+        .await
+        .unwrap();
+    let f = ws.recv_event("postgres_changes").await;
+    let after = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(f.payload["data"]["record"]["username"], "current");
+    let ts = f.payload["data"]["commit_timestamp"].as_str().unwrap();
+    assert_eq!(ts.len(), 24, "{ts}");
+    let at = chrono::DateTime::parse_from_rfc3339(ts).unwrap();
+    assert!(
+        before <= at && at <= after,
+        "{ts} is the time of the insert"
+    );
+    relay.stop().await;
+}
+
+/// The reader's plan is made once per session and cached, perhaps while the log is nearly
+/// empty. Whatever the log's size it must find the new rows through the xid index: a plan
+/// that walks the whole log would make every read slower as the log grows.
+#[tokio::test]
+async fn the_readers_cached_plan_reads_the_log_through_the_xid_index() {
+    let relay = start_relay().await;
+    let db = relay.db().await;
+    let mut cfg: tokio_postgres::Config = relay.db.url.parse().unwrap();
+    cfg.options(pgrelay::ingest::tail::SESSION_OPTIONS);
+    let (reader, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    reader
+        .batch_execute(&format!(
+            "PREPARE read_log(text, text) AS {}",
+            pgrelay::ingest::tail::READ_SQL
+        ))
+        .await
+        .unwrap();
+    // The first runs fix the generic plan while the log holds a row or two.
+    for _ in 0..6 {
+        reader
+            .batch_execute("EXECUTE read_log('1', '{}')")
+            .await
+            .unwrap();
+    }
+    db.batch_execute(
+        "INSERT INTO profiles (username) SELECT 'grown-' || i FROM generate_series(1, 20000) i; \
+         ANALYZE pgrelay.change_log",
+    )
+    .await
+    .unwrap();
+    let xmax: String = db
+        .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let plan: Vec<String> = reader
+        .simple_query(&format!(
+            "EXPLAIN (ANALYZE, TIMING OFF, SUMMARY OFF) \
+             EXECUTE read_log('{xmax}', '{{1}}')"
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Cond: (xid >= ") && plan.contains("Index Cond: (xid = ANY "),
+        "both halves of the window are index conditions:\n{plan}"
+    );
+    assert!(!plan.contains("Seq Scan on change_log"), "{plan}");
+    // A disabled scan costs a plan 10^10, enough to make PostgreSQL JIT-compile each read.
+    assert!(!plan.contains("JIT"), "no read is JIT-compiled:\n{plan}");
+    relay.stop().await;
+}
+
 /// A role with CONNECT and nothing else NOTIFYs on the relay's channel every way the old
 /// payload format allowed: a reference to another table's change, the next change's seq, a
 /// watermark marker of the relay's, and a flood. Subscribers get the real changes only,
