@@ -419,11 +419,23 @@ fn logged(r: &tokio_postgres::Row) -> Result<LoggedChange, DbError> {
 /// of the change) in Supabase's format, UTC with milliseconds and a trailing `Z`; or, for a row
 /// written by a trigger older than migration V12, the string that trigger formatted.
 pub fn commit_timestamp(legacy: Option<String>, created_at: std::time::SystemTime) -> String {
+    use chrono::{Datelike, Timelike};
     match legacy {
         Some(text) => text,
-        None => chrono::DateTime::<chrono::Utc>::from(created_at)
-            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .to_string(),
+        // Runs once per change: plain integer formatting, not a strftime pattern parsed anew.
+        None => {
+            let t = chrono::DateTime::<chrono::Utc>::from(created_at);
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.nanosecond() / 1_000_000 % 1000
+            )
+        }
     }
 }
 
