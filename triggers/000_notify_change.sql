@@ -7,8 +7,9 @@
 --
 -- For each row change it writes one row to pgrelay.change_log: that row is the change, and the
 -- relay reads every change it delivers from there. Then, while the switch
--- pgrelay.ingest_state.notify is true (the trigger reads it as pgrelay.doorbell()), it rings a doorbell: an empty NOTIFY on pgrelay.channel() (default 'pgrelay') that
--- only says "read the log now". The notification carries no row data, so a role that can
+-- pgrelay.ingest_state.notify is true (the trigger reads it as pgrelay.doorbell()), it rings
+-- a doorbell: an empty NOTIFY on pgrelay.channel() (default 'pgrelay') that only says "read
+-- the log now". The notification carries no row data, so a role that can
 -- LISTEN learns nothing but that some published table changed, and one that can NOTIFY can at
 -- most make the relay read the log early.
 --
