@@ -407,13 +407,6 @@ impl Metrics {
     }
 }
 
-/// Milliseconds since the epoch of a `commit_timestamp` (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
-pub fn parse_commit_timestamp(ts: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(ts)
-        .ok()
-        .map(|t| t.with_timezone(&chrono::Utc))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,12 +424,5 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count 3\n"), "{out}");
-    }
-
-    #[test]
-    fn commit_timestamps_parse() {
-        let t = parse_commit_timestamp("2026-11-27T10:00:00.123Z").unwrap();
-        assert_eq!(t.timestamp_millis() % 1000, 123);
-        assert!(parse_commit_timestamp("yesterday").is_none());
     }
 }

@@ -396,22 +396,30 @@ pub struct LoggedChange {
     pub table: String,
     pub op: String,
     pub commit_timestamp: String,
+    /// `created_at`: when the change was logged, for latency figures.
+    pub changed_at: std::time::SystemTime,
     pub record: Option<serde_json::Value>,
     pub old_record: Option<serde_json::Value>,
 }
 
-const LOG_COLUMNS: &str =
+/// A change-log row's columns, in the order [`logged`] reads them.
+pub const LOG_COLUMNS: &str =
     "seq, schema_name, table_name, op, commit_timestamp, record, old_record, created_at";
+/// How many columns [`LOG_COLUMNS`] names.
+pub const LOG_COLUMN_COUNT: usize = 8;
 
-fn logged(r: &tokio_postgres::Row) -> Result<LoggedChange, DbError> {
+/// The change in `r`, whose columns [`LOG_COLUMNS`] start at column `first`.
+pub fn logged(r: &tokio_postgres::Row, first: usize) -> Result<LoggedChange, DbError> {
+    let changed_at = r.try_get(first + 7)?;
     Ok(LoggedChange {
-        seq: r.try_get(0)?,
-        schema: r.try_get(1)?,
-        table: r.try_get(2)?,
-        op: r.try_get(3)?,
-        commit_timestamp: commit_timestamp(r.try_get(4)?, r.try_get(7)?),
-        record: r.try_get(5)?,
-        old_record: r.try_get(6)?,
+        seq: r.try_get(first)?,
+        schema: r.try_get(first + 1)?,
+        table: r.try_get(first + 2)?,
+        op: r.try_get(first + 3)?,
+        commit_timestamp: commit_timestamp(r.try_get(first + 4)?, changed_at),
+        changed_at,
+        record: r.try_get(first + 5)?,
+        old_record: r.try_get(first + 6)?,
     })
 }
 
@@ -461,7 +469,7 @@ pub async fn read_window_keyed(
         .await?;
     let rows = client.query(&stmt, &[&after, &upto]).await?;
     rows.iter()
-        .map(|r| Ok((r.try_get(8)?, logged(r)?)))
+        .map(|r| Ok((r.try_get(LOG_COLUMN_COUNT)?, logged(r, 0)?)))
         .collect()
 }
 

@@ -41,6 +41,9 @@ pub struct Change {
     pub table: String,
     pub op: Op,
     pub commit_timestamp: String,
+    /// When the change was logged (`commit_timestamp` as a time, so latency figures need not
+    /// parse the string).
+    pub changed_at: std::time::SystemTime,
     /// The new row (INSERT, UPDATE).
     pub record: Option<Row>,
     /// The full old row (UPDATE, DELETE): filters see every column, not just the key.
@@ -88,6 +91,7 @@ impl Change {
             table: row.table,
             op,
             commit_timestamp: row.commit_timestamp,
+            changed_at: row.changed_at,
             record: as_row(row.record),
             old_record: as_row(row.old_record),
             data: String::new(),
@@ -373,6 +377,7 @@ mod tests {
             table: "polls".into(),
             op: Op::Delete,
             commit_timestamp: "2026-11-27T10:00:00.123Z".into(),
+            changed_at: std::time::SystemTime::UNIX_EPOCH,
             record: None,
             old_record: Some(rec.clone()),
             data: String::new(),

@@ -48,6 +48,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::{info, warn};
 
 use crate::db::standby;
+use crate::ingest::tail;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -66,25 +67,22 @@ SELECT r.horizon, \
        pg_last_wal_replay_lsn()::text \
 FROM r";
 
-/// The tail reader's read on a standby: `tail::READ_SQL` (the same two index branches, no
-/// visibility test: the window is built from [`STATUS_SQL`]) with each row's xid (column 10), the
-/// replay position during the read (column 11) and `created_at` (column [`CREATED_AT`]).
-pub const READ_SQL: &str = "\
-SELECT pg_current_snapshot()::text, \
-       (SELECT notify FROM pgrelay.ingest_state), \
-       c.seq, c.schema_name, c.table_name, c.op, c.commit_timestamp, c.record, c.old_record, c.txmax, \
-       c.xid::text, pg_last_wal_replay_lsn()::text, c.created_at \
-FROM (SELECT 1) AS one \
-LEFT JOIN LATERAL ( \
-    SELECT l.*, max(l.seq) OVER (PARTITION BY l.xid) AS txmax \
-    FROM (SELECT * FROM pgrelay.change_log WHERE xid >= $1::text::xid8 \
-          UNION ALL \
-          SELECT * FROM pgrelay.change_log WHERE xid = ANY ($2::text::xid8[])) AS l \
-) c ON true \
-ORDER BY c.txmax, c.seq";
+/// The tail reader's read on a standby: `tail::READ_SQL` without its visibility test (the
+/// window is built from [`STATUS_SQL`]), with each row's xid (column [`XID`]) and the replay
+/// position during the read (column [`REPLAYED`]).
+pub const READ_SQL: &str = concat!(
+    "SELECT pg_current_snapshot()::text, (SELECT notify FROM pgrelay.ingest_state), ",
+    tail::log_window_columns!(),
+    ", c.xid::text, pg_last_wal_replay_lsn()::text \
+     FROM (SELECT 1) AS one LEFT JOIN LATERAL (",
+    tail::log_window_rows!(),
+    ") c ON true ORDER BY c.txmax, c.seq"
+);
 
-/// The column of [`READ_SQL`] that holds the change's `created_at`.
-pub const CREATED_AT: usize = 12;
+/// The column of [`READ_SQL`] that holds each row's xid.
+pub const XID: usize = tail::TXMAX + 1;
+/// The column of [`READ_SQL`] that holds the standby's replay position.
+pub const REPLAYED: usize = tail::TXMAX + 2;
 
 /// The answer of [`STATUS_SQL`], with the window it was asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,12 +41,12 @@ use tokio_postgres::{Client, NoTls, Statement};
 use tracing::{info, trace, warn};
 
 use crate::config::IngestMode;
-use crate::db::{self, LoggedChange};
+use crate::db;
 use crate::ingest::change::{Catalog, Change};
 use crate::ingest::listener::Event;
 use crate::ingest::standby;
 use crate::ingest::Delivery;
-use crate::metrics::{parse_commit_timestamp, Metrics};
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 /// With the doorbell on, the longest the reader goes without reading: bounds how late a
@@ -66,6 +66,27 @@ const WATERMARK_EVERY: Duration = Duration::from_millis(50);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// The columns of one read's changes: `db::LOG_COLUMNS` (from column [`FIRST_LOG_COLUMN`])
+/// and each change's transaction's last seq. Shared with the standby's read.
+macro_rules! log_window_columns {
+    () => {
+        "c.seq, c.schema_name, c.table_name, c.op, c.commit_timestamp, c.record, c.old_record, \
+         c.created_at, c.txmax"
+    };
+}
+
+/// The log rows of a window, as `l` with `txmax`: `xid >= $1` (the last snapshot's xmax) or
+/// `xid = ANY ($2)` (its open xids). Shared with the standby's read.
+macro_rules! log_window_rows {
+    () => {
+        "SELECT l.*, max(l.seq) OVER (PARTITION BY l.xid) AS txmax \
+         FROM (SELECT * FROM pgrelay.change_log WHERE xid >= $1::text::xid8 \
+               UNION ALL \
+               SELECT * FROM pgrelay.change_log WHERE xid = ANY ($2::text::xid8[])) AS l"
+    };
+}
+pub(crate) use {log_window_columns, log_window_rows};
+
 /// One read: the new snapshot, the switch as the statement saw it, and the rows of every
 /// transaction that became visible, ordered by (last seq of their transaction, seq).
 ///
@@ -74,20 +95,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// `xid = ANY ($2)`, its open xids) are separate branches so that each is an index condition
 /// in any plan: an `OR` of the two let a plan made while the log was empty walk the whole xid
 /// index. They cannot overlap: every open xid is below xmax.
-pub const READ_SQL: &str = "\
-SELECT pg_current_snapshot()::text, \
-       (SELECT notify FROM pgrelay.ingest_state), \
-       c.seq, c.schema_name, c.table_name, c.op, c.commit_timestamp, c.record, c.old_record, c.txmax, \
-       c.created_at \
-FROM (SELECT 1) AS one \
-LEFT JOIN LATERAL ( \
-    SELECT l.*, max(l.seq) OVER (PARTITION BY l.xid) AS txmax \
-    FROM (SELECT * FROM pgrelay.change_log WHERE xid >= $1::text::xid8 \
-          UNION ALL \
-          SELECT * FROM pgrelay.change_log WHERE xid = ANY ($2::text::xid8[])) AS l \
-    WHERE pg_visible_in_snapshot(l.xid, pg_current_snapshot()) \
-) c ON true \
-ORDER BY c.txmax, c.seq";
+pub const READ_SQL: &str = concat!(
+    "SELECT pg_current_snapshot()::text, (SELECT notify FROM pgrelay.ingest_state), ",
+    log_window_columns!(),
+    " FROM (SELECT 1) AS one LEFT JOIN LATERAL (",
+    log_window_rows!(),
+    " WHERE pg_visible_in_snapshot(l.xid, pg_current_snapshot())) c ON true \
+     ORDER BY c.txmax, c.seq"
+);
 
 /// The reader session's settings (its connection's `options`). The plan of [`READ_SQL`] is
 /// made once and cached, since planning each read cost three times executing it. It may be
@@ -99,8 +114,10 @@ ORDER BY c.txmax, c.seq";
 pub const SESSION_OPTIONS: &str =
     "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c jit=off";
 
-/// The column of [`READ_SQL`] that holds the change's `created_at`.
-const CREATED_AT: usize = 10;
+/// The column of [`READ_SQL`] (and the standby's read) where `db::LOG_COLUMNS` start.
+pub const FIRST_LOG_COLUMN: usize = 2;
+/// The column that holds each change's transaction's last seq, just after the log's columns.
+pub const TXMAX: usize = FIRST_LOG_COLUMN + db::LOG_COLUMN_COUNT;
 
 /// The reader's settings.
 #[derive(Debug, Clone)]
@@ -362,36 +379,21 @@ impl Reader {
                 continue; // no change: the one row that only carries the snapshot
             };
             if statuses.is_some() {
-                let xid: String = row.try_get(10)?;
+                let xid: String = row.try_get(standby::XID)?;
                 seen.xids.insert(
                     xid.parse::<i64>()
                         .map_err(|_| ReadError::Snapshot(xid.clone()))?,
                 );
             }
-            let txmax: i64 = row.try_get(9)?;
+            let txmax: i64 = row.try_get(TXMAX)?;
             if last_tx != Some(txmax) {
                 last_tx = Some(txmax);
                 state.rate_txns += 1;
             }
-            let logged = LoggedChange {
-                seq,
-                schema: row.try_get(3)?,
-                table: row.try_get(4)?,
-                op: row.try_get(5)?,
-                commit_timestamp: db::commit_timestamp(
-                    row.try_get(6)?,
-                    row.try_get(if statuses.is_some() {
-                        standby::CREATED_AT
-                    } else {
-                        CREATED_AT
-                    })?,
-                ),
-                record: row.try_get(7)?,
-                old_record: row.try_get(8)?,
-            };
+            let logged = db::logged(row, FIRST_LOG_COLUMN)?;
             match Change::from_log(logged, &self.catalog).await {
                 Ok(change) => {
-                    newest = Some(change.commit_timestamp.clone());
+                    newest = Some(change.changed_at);
                     if self.out.send(Delivery::Change(change)).await.is_err() {
                         return Ok(()); // routing stopped: shutdown
                     }
@@ -402,18 +404,20 @@ impl Reader {
                 }
             }
         }
-        if let Some(ts) = newest.as_deref().and_then(parse_commit_timestamp) {
-            self.metrics.newest_commit_micros.store(
-                u64::try_from(ts.timestamp_micros()).unwrap_or(0),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+        if let Some(at) = newest {
+            let micros = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(0));
+            self.metrics
+                .newest_commit_micros
+                .store(micros, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(s) = &statuses {
             let bound = |x: Option<u64>| x.and_then(|x| i64::try_from(x).ok());
             let bad = || ReadError::Snapshot(now.clone());
             seen.xmin = bound(snapshot_xmin(&now)).ok_or_else(bad)?;
             seen.xmax = bound(snapshot_xmax(&now)).ok_or_else(bad)?;
-            let replayed: Option<String> = first.try_get(11)?;
+            let replayed: Option<String> = first.try_get(standby::REPLAYED)?;
             seen.replayed = replayed
                 .as_deref()
                 .and_then(db::standby::parse_lsn)

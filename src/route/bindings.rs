@@ -417,6 +417,7 @@ mod tests {
             table: "polls".into(),
             op,
             commit_timestamp: "t".into(),
+            changed_at: std::time::SystemTime::UNIX_EPOCH,
             record: record.map(row),
             old_record: old.map(row),
             data: "{\"d\":1}".into(),

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::ingest::change::Change;
 use crate::ingest::{Delivery, GAP_MESSAGE};
-use crate::metrics::{parse_commit_timestamp, Metrics};
+use crate::metrics::Metrics;
 use crate::route::live::LiveQueries;
 use crate::route::policy::Policies;
 use crate::route::router::Router;
@@ -71,12 +71,10 @@ impl Deliverer {
         if let Some(live) = &self.live {
             live.touched(&change.schema, &change.table);
         }
-        if let Some(at) = parse_commit_timestamp(&change.commit_timestamp) {
-            let lag = chrono::Utc::now() - at;
-            self.metrics
-                .commit_to_send
-                .observe(lag.to_std().unwrap_or_default());
-        }
+        let lag = std::time::SystemTime::now()
+            .duration_since(change.changed_at)
+            .unwrap_or_default();
+        self.metrics.commit_to_send.observe(lag);
     }
 
     /// Reload read policies in the background; joins from now on use the new ones.

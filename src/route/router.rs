@@ -640,6 +640,7 @@ mod tests {
             table: "polls".into(),
             op: Op::Insert,
             commit_timestamp: "t".into(),
+            changed_at: std::time::SystemTime::UNIX_EPOCH,
             record: Some(record),
             old_record: None,
             data: "{\"d\":1}".into(),

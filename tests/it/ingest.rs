@@ -12,6 +12,17 @@ use serde_json::{json, Value};
 use crate::faults::kill_session;
 use crate::support::*;
 
+/// A socket subscribed to every INSERT on `profiles`.
+async fn profile_inserts(relay: &Relay) -> Ws {
+    let mut ws = relay.ws("2.0.0").await;
+    ws.subscribe(
+        "realtime:p",
+        json!([{"event":"INSERT","schema":"public","table":"profiles"}]),
+    )
+    .await;
+    ws
+}
+
 /// The switch as the triggers read it (`pgrelay.doorbell()`) and as the row says.
 async fn doorbell(db: &tokio_postgres::Client) -> (bool, bool) {
     let row = db
@@ -219,12 +230,7 @@ async fn mode_switches_under_write_load_lose_and_repeat_nothing() {
 async fn a_transaction_open_across_a_switch_is_delivered_once() {
     let relay = start_relay_with(|c| c.limits.ingest = pgrelay::config::IngestMode::Notify).await;
     let db = relay.db().await;
-    let mut ws = relay.ws("2.0.0").await;
-    ws.subscribe(
-        "realtime:p",
-        json!([{"event":"INSERT","schema":"public","table":"profiles"}]),
-    )
-    .await;
+    let mut ws = profile_inserts(&relay).await;
     for (name, before, after) in [("on-then-off", true, false), ("off-then-on", false, true)] {
         set_doorbell(&db, before).await;
         let tx = relay.db().await;
@@ -288,12 +294,7 @@ async fn app_roles_cannot_write_the_flag_or_the_log() {
         ),
     )
     .await;
-    let mut ws = relay.ws("2.0.0").await;
-    ws.subscribe(
-        "realtime:p",
-        json!([{"event":"INSERT","schema":"public","table":"profiles"}]),
-    )
-    .await;
+    let mut ws = profile_inserts(&relay).await;
     app.execute("INSERT INTO profiles (username) VALUES ('by-app')", &[])
         .await
         .unwrap();
@@ -395,12 +396,7 @@ async fn an_open_writer_session_follows_each_flip_of_the_switch() {
 async fn rows_logged_by_an_older_trigger_keep_their_commit_timestamp() {
     let relay = start_relay().await;
     let db = relay.db().await;
-    let mut ws = relay.ws("2.0.0").await;
-    ws.subscribe(
-        "realtime:p",
-        json!([{"event":"INSERT","schema":"public","table":"profiles"}]),
-    )
-    .await;
+    let mut ws = profile_inserts(&relay).await;
     // As the trigger file before V12 wrote it.
     db.batch_execute(
         "INSERT INTO pgrelay.change_log (schema_name, table_name, op, commit_timestamp, record) \

@@ -21,7 +21,9 @@ mod clients;
 mod output;
 mod presence;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::relay::Target;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,16 +85,8 @@ pub(crate) struct ClusterOpts {
         default_value = "redis://127.0.0.1:6379"
     )]
     redis_url: String,
-    /// The relay binary (default: `pgrelay` next to this binary).
-    #[arg(long)]
-    relay_bin: Option<PathBuf>,
-    /// Server on which each run creates (and drops) its own database.
-    #[arg(
-        long,
-        env = "BENCH_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    target: Target,
     /// Clients connecting and joining at once.
     #[arg(long, default_value_t = 128)]
     connect_concurrency: usize,
@@ -189,10 +183,10 @@ pub(crate) async fn run(o: ClusterOpts) -> Result<(), String> {
         }
     }
     crate::procfs::ensure_nofile((2 * (o.clients + o.senders) + 256) as u64)?;
-    let bin = resolve_bin(o.relay_bin.as_deref())?;
+    let bin = resolve_bin(o.target.relay_bin.as_deref())?;
     let mut runs = Vec::new();
     for rep in 0..o.reps {
-        let db = BenchDb::create(&o.database_url).await?;
+        let db = BenchDb::create(&o.target.database_url).await?;
         let result = one_run(&bin, &o, &db, rep).await;
         db.drop_db().await?;
         let r = result?;

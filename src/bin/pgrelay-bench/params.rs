@@ -1,6 +1,7 @@
 //! What a run is asked to do: the options shared by every scenario, as given on the command
 //! line ([`Opts`]), and resolved with the scenario's defaults into [`Params`].
 
+use crate::relay::Target;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,9 +58,8 @@ pub(crate) struct Opts {
     /// WAL flush, so the disk no longer bounds the write rate). Default: the server's setting.
     #[arg(long, value_parser = ["on", "off", "local", "remote_write", "remote_apply"])]
     synchronous_commit: Option<String>,
-    /// The relay binary (default: `pgrelay` next to this binary, i.e. target/release/pgrelay).
-    #[arg(long)]
-    relay_bin: Option<PathBuf>,
+    #[command(flatten)]
+    target: Target,
     /// Extra argument for `pgrelay serve` (repeatable), e.g. `--relay-arg=--socket-queue=4096`.
     #[arg(long = "relay-arg", allow_hyphen_values = true)]
     relay_args: Vec<String>,
@@ -67,13 +67,6 @@ pub(crate) struct Opts {
     /// pgrelay::server).
     #[arg(long, default_value = "warn,pgrelay::http::server=info")]
     relay_log: String,
-    /// Server on which each run creates (and drops) its own database.
-    #[arg(
-        long,
-        env = "BENCH_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
     /// Clients connecting and joining at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
@@ -249,10 +242,10 @@ impl Params {
             profiles,
             workload,
             synchronous_commit: o.synchronous_commit,
-            relay_bin: o.relay_bin,
+            relay_bin: o.target.relay_bin,
             relay_args: o.relay_args,
             relay_log: o.relay_log,
-            database_url: o.database_url,
+            database_url: o.target.database_url,
             connect_concurrency: o.connect_concurrency,
             threads: o.threads,
             json: o.json,

@@ -241,3 +241,19 @@ impl Relay {
         ))
     }
 }
+
+/// Which relay binary a scenario runs, and the server on which each run creates (and drops)
+/// its own database.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Target {
+    /// The relay binary (default: `pgrelay` next to this binary, i.e. target/release/pgrelay).
+    #[arg(long)]
+    pub(crate) relay_bin: Option<std::path::PathBuf>,
+    /// Server on which each run creates (and drops) its own database.
+    #[arg(
+        long,
+        env = "BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub(crate) database_url: String,
+}

@@ -16,8 +16,8 @@
 //! Latency is client receipt minus the row's `clock_timestamp()` at insert, which is just
 //! before its commit: for single-row transactions the difference is the commit itself.
 
+use crate::relay::Target;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,16 +88,8 @@ pub(crate) struct WriteCostOpts {
     /// WebSocket subscribers on the table.
     #[arg(long, default_value_t = 100)]
     subscribers: usize,
-    /// The relay binary (default: `pgrelay` next to this binary).
-    #[arg(long)]
-    relay_bin: Option<PathBuf>,
-    /// Server on which each point creates (and drops) its own database.
-    #[arg(
-        long,
-        env = "BENCH_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    target: Target,
     /// Print one JSON line per point on stdout (the tables go to stderr).
     #[arg(long)]
     json: bool,
@@ -164,7 +156,7 @@ impl Point {
 }
 
 pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
-    let bin = resolve_bin(opts.relay_bin.as_deref())?;
+    let bin = resolve_bin(opts.target.relay_bin.as_deref())?;
     let mut points: BTreeMap<(usize, &'static str), Vec<Point>> = BTreeMap::new();
     for rep in 0..opts.reps {
         for &w in &opts.writers {
@@ -296,7 +288,7 @@ async fn point(
     setup: Setup,
     load: Load,
 ) -> Result<Point, String> {
-    let db = BenchDb::create(&opts.database_url).await?;
+    let db = BenchDb::create(&opts.target.database_url).await?;
     let result = point_in(bin, opts, setup, load, &db).await;
     db.drop_db().await?;
     result
