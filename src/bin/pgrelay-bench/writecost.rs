@@ -13,8 +13,12 @@
 //! row. The load is `pgbench` (single-row INSERT transactions, prepared). A sampler counts the
 //! backends waiting for the NOTIFY lock (`pg_locks`, object 1262/0 in database 0) every 50 ms.
 //!
-//! Latency is client receipt minus the row's `clock_timestamp()` at insert, which is just
-//! before its commit: for single-row transactions the difference is the commit itself.
+//! Latency is measured twice. From the insert: client receipt minus the row's
+//! `clock_timestamp()`, which includes the transaction's own commit (its wait for the WAL
+//! flush, a few ms under load, in every setup alike). From the commit: client receipt minus
+//! the moment pgbench saw that row's commit acknowledged, which is commit→client as the app
+//! sees it; rows are matched to pgbench's per-transaction log through the client id each row
+//! carries (see [`crate::writeload::ack_to_receipt`]).
 
 use crate::relay::Target;
 use std::collections::BTreeMap;
@@ -27,7 +31,8 @@ use crate::hist::Histogram;
 use crate::relay::{prepare_schema, resolve_bin, Relay};
 use crate::ts::{change_ts_us, now_us};
 use crate::writeload::{
-    histogram_bound_ms, pgbench, relay_metrics, relay_reads, renice, transaction_latencies, Load,
+    ack_to_receipt, histogram_bound_ms, logged_transactions, pgbench, relay_metrics, relay_reads,
+    renice, Load,
 };
 use crate::ws::{WsClient, OP_TEXT};
 
@@ -124,6 +129,10 @@ struct Point {
     /// part of commit→client that is the app's commit on this machine, in every setup.
     txn_p50_ms: f64,
     txn_p99_ms: f64,
+    /// Commit acknowledged to pgbench → client receipt, per row (see
+    /// [`crate::writeload::ack_to_receipt`]): commit→client as the app sees its commit.
+    ack_p50_ms: f64,
+    ack_p99_ms: f64,
     /// How long the relay's reads of the change log took (its histogram's bucket bounds).
     read_p50_ms: f64,
     read_p99_ms: f64,
@@ -132,7 +141,7 @@ struct Point {
 impl Point {
     fn json(&self, rep: usize) -> String {
         format!(
-            "{{\"scenario\":\"writecost\",\"rep\":{rep},\"setup\":\"{}\",\"writers\":{},\"commits_per_s\":{:.1},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"committed\":{},\"delivered\":{},\"duplicates\":{},\"lock_waiters_mean\":{:.2},\"lock_waiters_max\":{},\"relay_reads_per_s\":{:.1},\"relay_cpu_pct\":{:.1},\"relay_p50_ms\":{},\"relay_p99_ms\":{},\"txn_p50_ms\":{:.2},\"txn_p99_ms\":{:.2},\"read_p50_ms\":{},\"read_p99_ms\":{}}}",
+            "{{\"scenario\":\"writecost\",\"rep\":{rep},\"setup\":\"{}\",\"writers\":{},\"commits_per_s\":{:.1},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"committed\":{},\"delivered\":{},\"duplicates\":{},\"lock_waiters_mean\":{:.2},\"lock_waiters_max\":{},\"relay_reads_per_s\":{:.1},\"relay_cpu_pct\":{:.1},\"relay_p50_ms\":{},\"relay_p99_ms\":{},\"txn_p50_ms\":{:.2},\"txn_p99_ms\":{:.2},\"ack_p50_ms\":{:.2},\"ack_p99_ms\":{:.2},\"read_p50_ms\":{},\"read_p99_ms\":{}}}",
             self.setup.as_str(),
             self.writers,
             self.commits_per_s,
@@ -149,6 +158,8 @@ impl Point {
             self.relay_p99_ms,
             self.txn_p50_ms,
             self.txn_p99_ms,
+            self.ack_p50_ms,
+            self.ack_p99_ms,
             self.read_p50_ms,
             self.read_p99_ms
         )
@@ -163,11 +174,13 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
             for &setup in &opts.setups {
                 let p = point(&bin, &opts, setup, Load::Flat(w)).await?;
                 eprintln!(
-                    "rep {rep} writers {w:>2} {:<8} {:>8.0} commits/s  p50 {:>7.2} ms  p99 {:>7.2} ms  (relay ≤{} / ≤{} ms, reads ≤{} / ≤{} ms, app txn {:.1} / {:.1} ms)  delivered {}/{} dup {}  lock waiters {:.1} (max {})",
+                    "rep {rep} writers {w:>2} {:<8} {:>8.0} commits/s  p50 {:>7.2} ms  p99 {:>7.2} ms  (from ack {:.2} / {:.2} ms, relay ≤{} / ≤{} ms, reads ≤{} / ≤{} ms, app txn {:.1} / {:.1} ms)  delivered {}/{} dup {}  lock waiters {:.1} (max {})",
                     setup.as_str(),
                     p.commits_per_s,
                     p.p50_ms,
                     p.p99_ms,
+                    p.ack_p50_ms,
+                    p.ack_p99_ms,
                     p.relay_p50_ms,
                     p.relay_p99_ms,
                     p.read_p50_ms,
@@ -188,11 +201,11 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
         }
     }
     eprintln!(
-        "\nmedians of {} interleaved runs (commits/s; latency commit→client)",
+        "\nmedians of {} interleaved runs (commits/s; latency from the row's insert, and from its commit acknowledged, to the client)",
         opts.reps
     );
-    eprintln!("| writers | setup | commits/s | ÷ none | ÷ none, per run | p50 ms | p99 ms | relay p50 / p99 ms (bucket bound) | app transaction p50 / p99 ms | delivered/committed | NOTIFY-lock waiters (mean / max) |");
-    eprintln!("|---|---|---|---|---|---|---|---|---|---|---|");
+    eprintln!("| writers | setup | commits/s | ÷ none | ÷ none, per run | p50 ms | p99 ms | from ack p50 / p99 ms | relay p50 / p99 ms (bucket bound) | app transaction p50 / p99 ms | delivered/committed | NOTIFY-lock waiters (mean / max) |");
+    eprintln!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &w in &opts.writers {
         let none = points
             .get(&(w, "none"))
@@ -219,12 +232,14 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
                 .iter()
                 .fold((0, 0), |(d, c), p| (d + p.delivered, c + p.committed));
             let latency = if setup == Setup::None {
-                "– | – | –".to_owned()
+                "– | – | – | –".to_owned()
             } else {
                 format!(
-                    "{:.1} | {:.1} | ≤{} / ≤{}",
+                    "{:.1} | {:.1} | {:.1} / {:.1} | ≤{} / ≤{}",
                     median(ps.iter().map(|p| p.p50_ms)),
                     median(ps.iter().map(|p| p.p99_ms)),
+                    median(ps.iter().map(|p| p.ack_p50_ms)),
+                    median(ps.iter().map(|p| p.ack_p99_ms)),
                     median(ps.iter().map(|p| p.relay_p50_ms)),
                     median(ps.iter().map(|p| p.relay_p99_ms))
                 )
@@ -247,8 +262,8 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
             "\nquiet load ({} commits/s, 4 clients) and idle (no writes, 10 s)",
             opts.quiet_rate
         );
-        eprintln!("| setup | p50 ms | p99 ms | relay p50 / p99 ms | relay reads/s | relay CPU % | idle reads/s | idle relay CPU % |");
-        eprintln!("|---|---|---|---|---|---|---|---|");
+        eprintln!("| setup | p50 ms | p99 ms | from ack p50 / p99 ms | relay p50 / p99 ms | relay reads/s | relay CPU % | idle reads/s | idle relay CPU % |");
+        eprintln!("|---|---|---|---|---|---|---|---|---|");
         for &setup in opts.setups.iter().filter(|s| **s != Setup::None) {
             let q = point(&bin, &opts, setup, Load::Rate(opts.quiet_rate)).await?;
             let idle = point(&bin, &opts, setup, Load::Idle).await?;
@@ -257,10 +272,12 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
                 println!("{}", idle.json(usize::MAX));
             }
             eprintln!(
-                "| {} | {:.2} | {:.2} | ≤{} / ≤{} | {:.0} | {:.1} | {:.1} | {:.2} |",
+                "| {} | {:.2} | {:.2} | {:.2} / {:.2} | ≤{} / ≤{} | {:.0} | {:.1} | {:.1} | {:.2} |",
                 setup.as_str(),
                 q.p50_ms,
                 q.p99_ms,
+                q.ack_p50_ms,
+                q.ack_p99_ms,
                 q.relay_p50_ms,
                 q.relay_p99_ms,
                 q.relay_reads_per_s,
@@ -271,6 +288,13 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The `q` quantile of sorted µs values, in ms.
+fn quantile_ms(sorted: &[u64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .map_or(0.0, |&us| us as f64 / 1000.0)
 }
 
 fn median(it: impl Iterator<Item = f64>) -> f64 {
@@ -309,6 +333,7 @@ async fn point_in(
                  id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                  at   timestamptz NOT NULL DEFAULT clock_timestamp(),
                  k    int NOT NULL,
+                 w    int NOT NULL,
                  note text NOT NULL)",
         )
         .await
@@ -442,12 +467,14 @@ async fn measure(
             pgbench(&db.url, writers, load, total, Some(&txn_log)).await?;
         }
     }
-    let mut txns = transaction_latencies(&txn_log, window_start, window_end)?;
+    let logged = logged_transactions(&txn_log)?;
+    let mut txns: Vec<u64> = logged
+        .iter()
+        .filter(|t| t.end_us >= window_start && t.end_us < window_end)
+        .map(|t| t.latency_us)
+        .collect();
     txns.sort_unstable();
-    let txn_ms = |q: f64| {
-        txns.get(((txns.len() as f64 - 1.0) * q).round() as usize)
-            .map_or(0.0, |&us| us as f64 / 1000.0)
-    };
+    let txn_ms = |q: f64| quantile_ms(&txns, q);
     let elapsed = started.elapsed();
     // Let deliveries in flight land.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -464,15 +491,15 @@ async fn measure(
     );
     stop.store(true, Ordering::Relaxed);
     let mut hist = Histogram::default();
-    let mut seen = std::collections::HashSet::new();
+    let mut received = std::collections::HashMap::new();
     let mut delivered = 0u64;
     let mut duplicates = 0u64;
     for r in readers {
         let (h, ids) = r.await.map_err(|e| format!("reader: {e}"))?;
         hist.merge(&h);
-        for id in ids {
+        for (id, at) in ids {
             delivered += 1;
-            if !seen.insert(id) {
+            if received.insert(id, at).is_some() {
                 duplicates += 1;
             }
         }
@@ -489,6 +516,15 @@ async fn measure(
         .await
         .map_err(|e| format!("count: {e}"))?;
     let committed = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    let rows: Vec<(u32, i64)> = c
+        .query("SELECT w, id FROM public.bench_writes", &[])
+        .await
+        .map_err(|e| format!("rows: {e}"))?
+        .iter()
+        .map(|r| (u32::try_from(r.get::<_, i32>(0)).unwrap_or(0), r.get(1)))
+        .collect();
+    let mut acked = ack_to_receipt(&logged, &rows, &received, window_start, window_end);
+    acked.sort_unstable();
     let in_window = row.get::<_, i64>(1) as f64;
     let ticks = match (before_cpu, after_cpu) {
         (Some(a), Some(b)) => b.saturating_sub(a) as f64,
@@ -516,19 +552,21 @@ async fn measure(
         relay_p99_ms,
         txn_p50_ms: txn_ms(0.5),
         txn_p99_ms: txn_ms(0.99),
+        ack_p50_ms: quantile_ms(&acked, 0.5),
+        ack_p99_ms: quantile_ms(&acked, 0.99),
         read_p50_ms,
         read_p99_ms,
     })
 }
 
 /// Read one subscriber's frames until told to stop: latency of every change committed in the
-/// window, and the id of every change received.
+/// window, and the id of every change received with when it was received (µs).
 async fn read_changes(
     mut ws: WsClient,
     stop: Arc<AtomicBool>,
     window_start: i64,
     window_end: i64,
-) -> (Histogram, Vec<i64>) {
+) -> (Histogram, Vec<(i64, i64)>) {
     let mut hist = Histogram::default();
     let mut ids = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -554,7 +592,7 @@ async fn read_changes(
                 }
             }
             if let Some(id) = record_id(payload) {
-                ids.push(id);
+                ids.push((id, now));
             }
         }
         match tokio::time::timeout(Duration::from_millis(200), ws.read_more()).await {

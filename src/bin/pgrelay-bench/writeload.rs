@@ -116,7 +116,7 @@ pub(crate) async fn pgbench(
     let script = std::env::temp_dir().join(format!("pgrelay-writecost-{}.sql", std::process::id()));
     std::fs::write(
         &script,
-        "\\set k random(0, 99)\nINSERT INTO public.bench_writes (k, note) VALUES (:k, 'x');\n",
+        "\\set k random(0, 99)\nINSERT INTO public.bench_writes (k, w, note) VALUES (:k, :client_id, 'x');\n",
     )
     .map_err(|e| format!("pgbench script: {e}"))?;
     let mut cmd = Command::new("pgbench");
@@ -156,14 +156,22 @@ pub(crate) async fn pgbench(
     Ok(())
 }
 
-/// The latencies (µs) of the transactions pgbench logged under `prefix` (`-l`: one file per
-/// thread, a line per transaction: client, number, latency µs, script, end s, end µs) that
-/// ended in `[from_us, to_us)`; the files are removed.
-pub(crate) fn transaction_latencies(
-    prefix: &std::path::Path,
-    from_us: i64,
-    to_us: i64,
-) -> Result<Vec<u64>, String> {
+/// One transaction pgbench logged (`-l`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LoggedTxn {
+    /// pgbench's client id (`:client_id`).
+    pub client: u32,
+    /// The transaction's number within its client, from 0.
+    pub number: u64,
+    /// Begin to commit acknowledged, µs.
+    pub latency_us: u64,
+    /// When pgbench saw the commit acknowledged, µs since the epoch.
+    pub end_us: i64,
+}
+
+/// Every transaction pgbench logged under `prefix` (`-l`: one file per thread, a line per
+/// transaction: client, number, latency µs, script, end s, end µs); the files are removed.
+pub(crate) fn logged_transactions(prefix: &std::path::Path) -> Result<Vec<LoggedTxn>, String> {
     let dir = prefix.parent().unwrap_or(std::path::Path::new("."));
     let stem = prefix
         .file_name()
@@ -179,21 +187,105 @@ pub(crate) fn transaction_latencies(
         let text = std::fs::read_to_string(entry.path())
             .map_err(|e| format!("{}: {e}", entry.path().display()))?;
         let _ = std::fs::remove_file(entry.path());
-        for line in text.lines() {
-            let f: Vec<&str> = line.split_ascii_whitespace().collect();
-            let (Some(lat), Some(s), Some(us)) = (f.get(2), f.get(4), f.get(5)) else {
+        out.extend(text.lines().filter_map(parse_logged_txn));
+    }
+    Ok(out)
+}
+
+fn parse_logged_txn(line: &str) -> Option<LoggedTxn> {
+    let mut f = line.split_ascii_whitespace();
+    let client = f.next()?.parse().ok()?;
+    let number = f.next()?.parse().ok()?;
+    let latency_us = f.next()?.parse().ok()?;
+    let _script = f.next()?;
+    let s: i64 = f.next()?.parse().ok()?;
+    let us: i64 = f.next()?.parse().ok()?;
+    Some(LoggedTxn {
+        client,
+        number,
+        latency_us,
+        end_us: s * 1_000_000 + us,
+    })
+}
+
+/// Commit acknowledgement → client receipt, µs, for every row whose commit pgbench saw
+/// acknowledged in `[from_us, to_us)`. Each pgbench client runs its transactions one after
+/// another and each inserts one row tagged with its client id, so a client's rows in id order
+/// are its logged transactions in number order. `rows`: (client, id), `received`: id → µs.
+/// A receipt before the acknowledgement (the row became visible before pgbench read the
+/// reply) counts as 0.
+pub(crate) fn ack_to_receipt(
+    txns: &[LoggedTxn],
+    rows: &[(u32, i64)],
+    received: &std::collections::HashMap<i64, i64>,
+    from_us: i64,
+    to_us: i64,
+) -> Vec<u64> {
+    let mut by_client: std::collections::BTreeMap<u32, Vec<LoggedTxn>> = Default::default();
+    for t in txns {
+        by_client.entry(t.client).or_default().push(*t);
+    }
+    let mut ids: std::collections::BTreeMap<u32, Vec<i64>> = Default::default();
+    for &(client, id) in rows {
+        ids.entry(client).or_default().push(id);
+    }
+    let mut out = Vec::new();
+    for (client, mut logged) in by_client {
+        logged.sort_unstable_by_key(|t| t.number);
+        let Some(mut rows) = ids.remove(&client) else {
+            continue;
+        };
+        rows.sort_unstable();
+        for (t, id) in logged.iter().zip(rows) {
+            if t.end_us < from_us || t.end_us >= to_us {
                 continue;
-            };
-            let (Ok(lat), Ok(s), Ok(us)) =
-                (lat.parse::<u64>(), s.parse::<i64>(), us.parse::<i64>())
-            else {
-                continue;
-            };
-            let end = s * 1_000_000 + us;
-            if end >= from_us && end < to_us {
-                out.push(lat);
+            }
+            if let Some(&at) = received.get(&id) {
+                out.push(u64::try_from(at - t.end_us).unwrap_or(0));
             }
         }
     }
-    Ok(out)
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgbench_log_lines_parse() {
+        assert_eq!(
+            parse_logged_txn("3 17 2450 0 1764525000 123456"),
+            Some(LoggedTxn {
+                client: 3,
+                number: 17,
+                latency_us: 2450,
+                end_us: 1_764_525_000_123_456
+            })
+        );
+        assert_eq!(parse_logged_txn("3 17 skipped 0 1 2"), None);
+        assert_eq!(parse_logged_txn(""), None);
+    }
+
+    #[test]
+    fn rows_pair_with_their_clients_transactions_in_order() {
+        let t = |client, number, end_us| LoggedTxn {
+            client,
+            number,
+            latency_us: 1,
+            end_us,
+        };
+        // Client 0 committed ids 1 and 4, client 1 ids 2 and 3, logged out of order.
+        let txns = [t(1, 1, 300), t(0, 0, 100), t(1, 0, 200), t(0, 1, 400)];
+        let rows = [(0, 4), (1, 2), (0, 1), (1, 3)];
+        let received = [(1, 150), (2, 260), (3, 290), (4, 410)]
+            .into_iter()
+            .collect();
+        let mut got = ack_to_receipt(&txns, &rows, &received, 0, 1000);
+        got.sort_unstable();
+        // 1: 150-100, 2: 260-200, 3: 290-300 → 0 (seen before the ack), 4: 410-400.
+        assert_eq!(got, vec![0, 10, 50, 60]);
+        // Only acknowledgements inside the window count.
+        assert_eq!(ack_to_receipt(&txns, &rows, &received, 150, 350).len(), 2);
+    }
 }
