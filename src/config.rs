@@ -365,7 +365,8 @@ pub struct Limits {
     #[arg(long, env = "PGRELAY_INGEST", default_value = "adaptive", value_parser = parse_ingest_mode)]
     pub ingest: IngestMode,
 
-    /// While tailing, time between two reads of the change log.
+    /// While tailing, time between two reads of the change log when nothing changes; while
+    /// changes flow, reads start every 1 ms (or this, if shorter).
     #[arg(long, env = "PGRELAY_TAIL_INTERVAL", default_value = "5ms", value_parser = parse_period)]
     pub tail_interval: Duration,
 

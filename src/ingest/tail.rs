@@ -55,9 +55,13 @@ pub const SAFETY_READ: Duration = Duration::from_millis(500);
 /// How long the commit rate must stay low before `adaptive` turns the doorbell back on. Long
 /// enough that a bursty load does not flip the switch on every lull.
 pub const QUIET_FOR: Duration = Duration::from_secs(5);
-/// While tailing and changes flow, the pause between two reads: long enough to gather a batch,
-/// short enough that a change waits for the next read no longer than the read itself takes.
-/// An idle log is read every `tail_interval` only.
+/// While tailing and changes flow, how often reads start: long enough to gather a batch, short
+/// enough that a change waits for the next read no longer than the read itself takes. It
+/// counts from the start of the previous read, so the time spent handing a large batch on
+/// does not add to it: under write load, on a busy machine, that time is mostly waiting for a
+/// CPU, and counting the gap after it made every change wait it out once more (at 32 writers
+/// on two cores, p99 commit→client 20–36 ms this way against 15–23 ms). An idle log is read
+/// every `tail_interval` only.
 const BUSY_READ_GAP: Duration = Duration::from_millis(1);
 /// Server-sent event streams follow the reader's snapshots; each new one makes every stream
 /// read its window from the log, so they are published at most this often.
@@ -293,11 +297,12 @@ impl Reader {
             IngestMode::Adaptive => {}
         }
         loop {
+            let read_started = Instant::now();
             self.read(&client, &read, status.as_ref(), state).await?;
             if self.cfg.mode == IngestMode::Adaptive {
                 self.adapt(&client, state).await?;
             }
-            let wait = self.next_wait(state);
+            let wait = self.next_wait(state, read_started.elapsed());
             let deadline = tokio::time::Instant::now() + wait;
             tokio::select! {
                 event = events.recv() => match event {
@@ -316,14 +321,18 @@ impl Reader {
         }
     }
 
-    /// How long to wait for a doorbell before reading anyway.
-    fn next_wait(&self, state: &State) -> Duration {
+    /// How long to wait for a doorbell before reading anyway. `since_read`: how long ago the
+    /// last read started.
+    fn next_wait(&self, state: &State, since_read: Duration) -> Duration {
         let tailing = !state.doorbell
             || state.settling_until.is_some()
             || !*self.listening.borrow()
             || self.cfg.mode == IngestMode::Tail;
         let wait = if tailing && state.busy {
-            self.cfg.tail_interval.min(BUSY_READ_GAP)
+            self.cfg
+                .tail_interval
+                .min(BUSY_READ_GAP)
+                .saturating_sub(since_read)
         } else if tailing {
             self.cfg.tail_interval
         } else {
