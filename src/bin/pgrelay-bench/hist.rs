@@ -86,6 +86,11 @@ impl Histogram {
         }
     }
 
+    /// [`Histogram::quantile`] in milliseconds.
+    pub(crate) fn quantile_ms(&self, q: f64) -> f64 {
+        self.quantile(q) as f64 / 1000.0
+    }
+
     /// The value at quantile `q` (0..=1), nearest rank; the bucket midpoint, never above the
     /// exact maximum. 0 when empty.
     pub(crate) fn quantile(&self, q: f64) -> u64 {
@@ -105,6 +110,16 @@ impl Histogram {
             }
         }
         self.max
+    }
+}
+
+impl FromIterator<u64> for Histogram {
+    fn from_iter<I: IntoIterator<Item = u64>>(values: I) -> Self {
+        let mut h = Histogram::default();
+        for v in values {
+            h.record(v);
+        }
+        h
     }
 }
 

@@ -290,13 +290,6 @@ pub(crate) async fn run(opts: WriteCostOpts) -> Result<(), String> {
     Ok(())
 }
 
-/// The `q` quantile of sorted µs values, in ms.
-fn quantile_ms(sorted: &[u64], q: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
-        .map_or(0.0, |&us| us as f64 / 1000.0)
-}
-
 fn median(it: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = it.collect();
     if v.is_empty() {
@@ -468,13 +461,11 @@ async fn measure(
         }
     }
     let logged = logged_transactions(&txn_log)?;
-    let mut txns: Vec<u64> = logged
+    let txns: Histogram = logged
         .iter()
         .filter(|t| t.end_us >= window_start && t.end_us < window_end)
         .map(|t| t.latency_us)
         .collect();
-    txns.sort_unstable();
-    let txn_ms = |q: f64| quantile_ms(&txns, q);
     let elapsed = started.elapsed();
     // Let deliveries in flight land.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -523,8 +514,9 @@ async fn measure(
         .iter()
         .map(|r| (u32::try_from(r.get::<_, i32>(0)).unwrap_or(0), r.get(1)))
         .collect();
-    let mut acked = ack_to_receipt(&logged, &rows, &received, window_start, window_end);
-    acked.sort_unstable();
+    let acked: Histogram = ack_to_receipt(&logged, &rows, &received, window_start, window_end)
+        .into_iter()
+        .collect();
     let in_window = row.get::<_, i64>(1) as f64;
     let ticks = match (before_cpu, after_cpu) {
         (Some(a), Some(b)) => b.saturating_sub(a) as f64,
@@ -535,8 +527,8 @@ async fn measure(
         setup,
         writers,
         commits_per_s: in_window / duration.as_secs_f64(),
-        p50_ms: hist.quantile(0.5) as f64 / 1000.0,
-        p99_ms: hist.quantile(0.99) as f64 / 1000.0,
+        p50_ms: hist.quantile_ms(0.5),
+        p99_ms: hist.quantile_ms(0.99),
         committed,
         delivered: if setup == Setup::None { 0 } else { delivered },
         duplicates,
@@ -550,10 +542,10 @@ async fn measure(
         relay_cpu_pct: 100.0 * ticks / crate::procfs::clk_tck() as f64 / secs,
         relay_p50_ms,
         relay_p99_ms,
-        txn_p50_ms: txn_ms(0.5),
-        txn_p99_ms: txn_ms(0.99),
-        ack_p50_ms: quantile_ms(&acked, 0.5),
-        ack_p99_ms: quantile_ms(&acked, 0.99),
+        txn_p50_ms: txns.quantile_ms(0.5),
+        txn_p99_ms: txns.quantile_ms(0.99),
+        ack_p50_ms: acked.quantile_ms(0.5),
+        ack_p99_ms: acked.quantile_ms(0.99),
         read_p50_ms,
         read_p99_ms,
     })

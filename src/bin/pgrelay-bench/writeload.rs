@@ -67,8 +67,8 @@ pub(crate) fn relay_reads(metrics: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The upper bound (ms) of the commit→send histogram bucket holding quantile `q`: the relay's
-/// own view of latency, to the resolution of its buckets.
+/// The upper bound (ms) of the bucket holding quantile `q` in the relay's histogram `name`
+/// (e.g. its commit→send latency), to the resolution of its buckets.
 pub(crate) fn histogram_bound_ms(metrics: &str, name: &str, q: f64) -> f64 {
     let prefix = format!("{name}_bucket{{le=\"");
     let mut buckets = Vec::new();
@@ -99,7 +99,7 @@ pub(crate) fn histogram_bound_ms(metrics: &str, name: &str, q: f64) -> f64 {
 /// Run pgbench against `url`: single-row INSERTs, `writers` clients, for `total`.
 ///
 /// With `log`, pgbench logs every transaction (`-l`) to files starting with that path, and
-/// [`transaction_latencies`] reads them.
+/// [`logged_transactions`] reads them.
 pub(crate) async fn pgbench(
     url: &str,
     writers: usize,
